@@ -1,0 +1,191 @@
+"""Model registry, memory profiles and project paths: the one place defaults come from.
+
+Scripts look a model up once with ``get_model_config(name)``; command-line flags override the
+returned values and ``training_utils.write_training_info`` records what actually ran.
+
+    python -m script.training_config            # print the registry
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---------------------------------------------------------------------------
+# Paths. The project root can be moved with MEDGEMMA_KOREAN_HOME (tests point it at a tmp dir).
+# ---------------------------------------------------------------------------
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+HOME = Path(os.environ.get("MEDGEMMA_KOREAN_HOME", PROJECT_ROOT)).resolve()
+
+DATA_DIR = HOME / "data"
+SAMPLE_DATA_DIR = PROJECT_ROOT / "data" / "sample"  # tracked, always read from the checkout
+RAW_DIR = DATA_DIR / "raw"  # download_all_datasets.py: raw/by_source/<name>/, raw/manifest.json
+REFINED_DIR = DATA_DIR / "refined"  # refine_4types.py: refined/<type>/{train,validation}.jsonl
+CLEAN_DIR = DATA_DIR / "refined_clean"  # exclude_test_from_training.py: refined minus evaluation items
+KORMEDMCQA_TEST_DIR = DATA_DIR / "kormedmcqa_test"  # extract_kormedmcqa_test.py: all_test.jsonl
+MODEL_DIR = HOME / "model"
+LOG_DIR = HOME / "logs"
+TENSORBOARD_DIR = LOG_DIR / "tensorboard"
+
+TINY_MODEL_DIR = MODEL_DIR / "tiny-gemma3"
+TINY_MM_MODEL_DIR = MODEL_DIR / "tiny-gemma3-mm"
+
+DEFAULT_MODEL = "tiny"
+
+# Gemma 3 attention/MLP projections. The vision tower of multimodal checkpoints uses some of the
+# same names (q_proj, k_proj, ...), so training_utils restricts LoRA to the language model there.
+LORA_TARGET_MODULES = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+# Input embeddings and output head: trained fully (modules_to_save), never through LoRA, because
+# LoRA on embeddings does not work with 8-bit bases (the guide's "LoRA Config Fix").
+EMBEDDING_MODULES = ["embed_tokens", "lm_head"]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """One registry entry. Field names match the guide's MODEL_CONFIGS keys."""
+
+    name: str
+    path: str  # hub id or local directory
+    lora_r: int
+    lora_alpha: int
+    batch: int  # per-device micro-batch
+    grad_accum: int  # effective batch = batch * grad_accum * world size
+    lr: float
+    max_length: int  # tokens per training sequence
+    lora_dropout: float = 0.05
+    build_command: str = ""  # how to create `path` locally when it is missing (embedded models)
+
+    def __post_init__(self) -> None:
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            raise ValueError(f"{self.name}: lora_r and lora_alpha must be positive")
+        if self.batch <= 0 or self.grad_accum <= 0 or self.max_length <= 0:
+            raise ValueError(f"{self.name}: batch, grad_accum and max_length must be positive")
+        if not 0 < self.lr < 1:
+            raise ValueError(f"{self.name}: lr {self.lr} is not a learning rate")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """How a model is fitted into memory. ``quantization`` applies on CUDA only (see training_utils)."""
+
+    use_gradient_checkpointing: bool
+    train_embeddings: bool  # put embed_tokens/lm_head in modules_to_save for embedding-training stages
+    quantization: str = "none"  # "none" | "8bit" | "4bit"
+    # Micro-batch and accumulation used when embeddings are trained (the guide: 4 -> 2, 8 -> 16).
+    embedding_batch: int | None = None
+    embedding_grad_accum: int | None = None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    # Embedded default: a few-million-parameter Gemma-3 text model with a Korean tokenizer, built
+    # locally by script/make_tiny_model.py. Larger lr because it starts from random weights.
+    "tiny": ModelConfig(
+        name="tiny",
+        path=str(TINY_MODEL_DIR),
+        lora_r=16,
+        lora_alpha=32,
+        batch=8,
+        grad_accum=1,
+        lr=2e-3,
+        max_length=256,
+        lora_dropout=0.0,
+        build_command="python -m script.make_tiny_model",
+    ),
+    # The same tiny text model wrapped as Gemma3ForConditionalGeneration with a tiny vision tower:
+    # exercises the code path of the multimodal MedGemma-4B-it without its weights.
+    "tiny-mm": ModelConfig(
+        name="tiny-mm",
+        path=str(TINY_MM_MODEL_DIR),
+        lora_r=16,
+        lora_alpha=32,
+        batch=8,
+        grad_accum=1,
+        lr=2e-3,
+        max_length=256,
+        lora_dropout=0.0,
+        build_command="python -m script.make_tiny_model",
+    ),
+    "medgemma-4b": ModelConfig(
+        name="medgemma-4b",
+        path="google/medgemma-4b-it",
+        lora_r=64,
+        lora_alpha=128,
+        batch=4,
+        grad_accum=4,
+        lr=2e-5,
+        max_length=512,
+    ),
+    "medgemma-27b": ModelConfig(
+        name="medgemma-27b",
+        path="google/medgemma-27b-it",
+        lora_r=32,
+        lora_alpha=64,
+        batch=1,
+        grad_accum=16,
+        lr=1e-5,
+        max_length=512,
+    ),
+}
+
+MEMORY_CONFIGS: dict[str, MemoryConfig] = {
+    "tiny": MemoryConfig(use_gradient_checkpointing=False, train_embeddings=True),
+    "tiny-mm": MemoryConfig(use_gradient_checkpointing=False, train_embeddings=True),
+    # The guide: 8-bit base (~12 GB), checkpointing required with extended embeddings.
+    "medgemma-4b": MemoryConfig(
+        use_gradient_checkpointing=True,
+        train_embeddings=True,
+        quantization="8bit",
+        embedding_batch=2,
+        embedding_grad_accum=16,
+    ),
+    # The guide: 8-bit base (~28 GB); embeddings do not fit next to it (OOM).
+    "medgemma-27b": MemoryConfig(use_gradient_checkpointing=True, train_embeddings=False, quantization="8bit"),
+}
+
+
+class UnknownModelError(KeyError):
+    def __str__(self) -> str:  # KeyError quotes its message; this one is meant to be read
+        return str(self.args[0])
+
+
+def get_model_config(name: str) -> ModelConfig:
+    """Registry lookup; an unknown name lists the valid ones."""
+    try:
+        return MODEL_CONFIGS[name]
+    except KeyError:
+        valid = ", ".join(MODEL_CONFIGS)
+        raise UnknownModelError(
+            f"unknown model {name!r}; valid names: {valid} (or pass a model directory with --base-model)"
+        ) from None
+
+
+def get_memory_config(name: str) -> MemoryConfig:
+    get_model_config(name)  # same error for unknown names
+    return MEMORY_CONFIGS[name]
+
+
+def stage_output_dir(stage: str, model_name: str) -> Path:
+    """model/<stage>/<MODEL>, the guide's output layout (e.g. model/00_trained/medgemma-4b)."""
+    return MODEL_DIR / stage / model_name
+
+
+if __name__ == "__main__":
+    print(
+        json.dumps(
+            {
+                name: {"model": cfg.to_dict(), "memory": MEMORY_CONFIGS[name].to_dict()}
+                for name, cfg in MODEL_CONFIGS.items()
+            },
+            indent=2,
+        )
+    )
