@@ -1,0 +1,361 @@
+"""Download every registered source (script/sources.py) into data/raw as plain JSONL.
+
+    python -m script.download_all_datasets                        # from the Hugging Face hub
+    python -m script.download_all_datasets --from-dir data/sample # from a local hub mirror (offline)
+    python -m script.download_all_datasets --only kormedmcqa kmmlu
+
+Every source is loaded through ``datasets.load_dataset`` by its hub id, or with ``--from-dir DIR``
+from ``DIR/<hub id>`` (a directory laid out like the hub repository, README.md ``configs:`` included).
+The dictionaries are not on the hub: they are read from ``--local-dir`` (default ``DIR/local`` with
+``--from-dir``, else the project's shipped ``data/sample/local``).
+
+Output, one file per source, config and split, in the upstream column schema:
+
+    <output>/by_source/<name>/<config>/<split>.jsonl
+    <output>/manifest.json   per part: hub id, config, split, rows, columns, sha256, origin, time
+
+The run is resumable: a source whose manifest entries match (same hub id, config, split, origin and
+row limit, files present with the recorded sha256) is skipped. A source whose columns differ from
+the registry fails with "expected columns X, found Y"; the other sources go on. Exit status 0 only
+when every selected source succeeded (1 otherwise; 2 when the hub cannot be reached).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json, sha256_file
+from script.sources import DEFAULT_CONFIG, SOURCES, Source, get_source, missing_columns, raw_path, source_names
+from script.training_config import RAW_DIR, SAMPLE_DATA_DIR
+
+logger = logging.getLogger("download_all_datasets")
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_VERSION = 1
+
+OFFLINE_MESSAGE = (
+    "The Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set, or the connection failed).\n"
+    "Either pass a local hub mirror, e.g.\n"
+    "    python -m script.download_all_datasets --from-dir data/sample\n"
+    "or go online (unset HF_HUB_OFFLINE / HF_DATASETS_OFFLINE and check the network)."
+)
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be downloaded as the registry describes it."""
+
+
+class HubUnreachable(RuntimeError):
+    """No network (or offline mode) while a hub download was needed: stops the whole run."""
+
+
+@dataclass
+class Settings:
+    output: Path
+    from_dir: Path | None
+    local_dir: Path
+    max_rows: int | None
+    cache_dir: str | None
+    force: bool
+
+
+@dataclass
+class SourceResult:
+    name: str
+    status: str  # "downloaded" | "skipped" | "FAILED"
+    rows: int = 0
+    parts: int = 0
+    detail: str = ""
+    entries: dict[str, dict] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------
+# Manifest
+# ---------------------------------------------------------------------------
+def part_key(name: str, config: str, split: str) -> str:
+    return f"{name}/{config}/{split}"
+
+
+def load_manifest(output: Path) -> dict:
+    path = output / MANIFEST_NAME
+    if not path.exists():
+        return {"version": MANIFEST_VERSION, "parts": {}}
+    manifest = read_json(path)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("parts"), dict):
+        raise DataError(f"{path}: not a manifest written by this script (no 'parts' object)")
+    return manifest
+
+
+def origin_of(source: Source, settings: Settings) -> dict:
+    """What identifies where a part came from; a manifest entry is reused only when this matches."""
+    if source.is_local:
+        return {"origin": "dir", "from_dir": str(settings.local_dir.resolve())}
+    if settings.from_dir is not None:
+        return {"origin": "dir", "from_dir": str(settings.from_dir.resolve())}
+    return {"origin": "hub", "from_dir": None}
+
+
+def entry_is_current(entry: dict | None, expected: dict, output: Path) -> bool:
+    """True when the recorded part matches ``expected`` (identity()) and its file is intact."""
+    if not entry or any(entry.get(key) != value for key, value in expected.items()):
+        return False
+    path = output / entry.get("path", "")
+    return path.is_file() and sha256_file(path) == entry.get("sha256")
+
+
+def identity(source: Source, config: str, split: str, settings: Settings) -> dict:
+    """Everything that decides a part's content; a manifest entry is reused only when all of it matches."""
+    return {
+        "source": source.name,
+        "hub_id": source.hub_id,
+        "config": config,
+        "split": split,
+        "data_file": data_file_of(source, config, split),
+        "max_rows": settings.max_rows,
+        **origin_of(source, settings),
+    }
+
+
+def data_file_of(source: Source, config: str, split: str) -> str | None:
+    """The upstream file a part is read from, where the registry names one."""
+    if source.data_files is not None:
+        return source.data_files[split]
+    if source.local_files is not None:
+        return source.local_files[config]
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Reading one part (config + split) of a source
+# ---------------------------------------------------------------------------
+def to_jsonable(value: Any) -> Any:
+    """Make a datasets row JSON-serialisable (the json loader turns ISO strings into datetimes)."""
+    if isinstance(value, dict):
+        return {key: to_jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(item) for item in value]
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    return value
+
+
+def open_hub_part(source: Source, config: str, split: str, settings: Settings) -> tuple[list[str], Iterator[dict]]:
+    """Columns and rows of one split, through datasets.load_dataset (hub id or mirror directory)."""
+    import datasets  # heavy import kept out of --help
+
+    if settings.from_dir is not None:
+        location = settings.from_dir / source.hub_id
+        if not location.is_dir():
+            raise SourceError(f"{location} not found: the mirror has no directory for {source.hub_id}")
+        path = str(location)
+    else:
+        path = source.hub_id
+    kwargs: dict[str, Any] = {"split": split, "cache_dir": settings.cache_dir}
+    if source.data_files is not None:
+        kwargs["data_files"] = dict(source.data_files)  # with data_files the config is the implicit one
+    elif config != DEFAULT_CONFIG:
+        kwargs["name"] = config
+    # A row limit streams instead of downloading whole splits (C4/NamuWiki are many gigabytes).
+    streaming = settings.max_rows is not None
+    try:
+        dataset = datasets.load_dataset(path, streaming=streaming, **kwargs)
+    except Exception as exc:
+        if is_connection_error(exc):
+            raise HubUnreachable(str(exc)) from exc
+        raise
+    rows: Iterable[dict] = dataset if settings.max_rows is None else islice(dataset, settings.max_rows)
+    columns = dataset.column_names
+    if columns is None:  # streaming datasets without declared features: look at the first row
+        iterator = iter(rows)
+        first = next(iterator, None)
+        columns = list(first) if first is not None else []
+        rows = iterator if first is None else _chain_first(first, iterator)
+    return list(columns), iter(rows)
+
+
+def _chain_first(first: dict, rest: Iterator[dict]) -> Iterator[dict]:
+    yield first
+    yield from rest
+
+
+def open_local_part(source: Source, config: str, settings: Settings) -> tuple[list[str], Iterator[dict]]:
+    """A local dictionary file; a bad line stops the source with ``path:line: reason``."""
+    path = settings.local_dir / source.local_files[config]
+    if not path.is_file():
+        raise SourceError(f"{path} not found (local file; pass --local-dir)")
+    records = [record for _, record in iter_jsonl(path)]
+    if settings.max_rows is not None:
+        records = records[: settings.max_rows]
+    columns = list(dict.fromkeys(key for record in records for key in record))
+    return columns, iter(records)
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or anything in its cause chain) means "the hub could not be reached"."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        kind = type(exc).__name__
+        if isinstance(exc, ConnectionError) or kind in {"OfflineModeIsEnabled", "ConnectError", "ConnectTimeout"}:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def download_part(source: Source, config: str, split: str, settings: Settings) -> dict:
+    """Write one part to raw/by_source/... and return its manifest entry."""
+    if source.is_local:
+        columns, rows = open_local_part(source, config, settings)
+    else:
+        columns, rows = open_hub_part(source, config, split, settings)
+    missing = missing_columns(source, columns)
+    if missing:
+        raise SourceError(
+            f"{config}/{split}: expected columns {list(source.columns)}, found {columns} "
+            f"(missing: {', '.join(missing)})"
+        )
+    target = raw_path(settings.output, source.name, config, split)
+    count = atomic_write_jsonl(target, (to_jsonable(row) for row in rows))
+    return {
+        **identity(source, config, split, settings),
+        "path": target.relative_to(settings.output).as_posix(),
+        "rows": count,
+        "columns": columns,
+        "sha256": sha256_file(target),
+        "downloaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def download_source(source: Source, settings: Settings, manifest: dict) -> SourceResult:
+    """All parts of one source; skipped when every part is already current in the manifest."""
+    parts = source.parts()
+    recorded = manifest["parts"]
+    current = [
+        entry_is_current(recorded.get(part_key(source.name, c, s)), identity(source, c, s, settings), settings.output)
+        for c, s in parts
+    ]
+    if all(current) and not settings.force:
+        rows = sum(recorded[part_key(source.name, c, s)]["rows"] for c, s in parts)
+        return SourceResult(source.name, "skipped", rows=rows, parts=len(parts), detail="up to date in manifest")
+    result = SourceResult(source.name, "downloaded")
+    for config, split in parts:
+        entry = download_part(source, config, split, settings)
+        result.entries[part_key(source.name, config, split)] = entry
+        result.rows += entry["rows"]
+        result.parts += 1
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+def hub_offline() -> bool:
+    """Offline mode as the datasets library sees it (HF_DATASETS_OFFLINE, else HF_HUB_OFFLINE)."""
+    from datasets import config
+
+    return bool(config.HF_HUB_OFFLINE)
+
+
+def print_summary(results: list[SourceResult]) -> None:
+    width = max([len("source")] + [len(r.name) for r in results])
+    print(f"\n{'source':{width}}  {'status':10}  {'parts':>5}  {'rows':>9}  detail")
+    print("-" * (width + 40))
+    for r in results:
+        print(f"{r.name:{width}}  {r.status:10}  {r.parts:>5}  {r.rows:>9}  {r.detail}")
+    failed = sum(r.status == "FAILED" for r in results)
+    print(f"{len(results) - failed} of {len(results)} sources ok, {failed} failed")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        epilog="Sources (python -m script.sources lists them with configs and splits): " + ", ".join(source_names()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--from-dir", type=Path, metavar="DIR",
+                        help="read a local hub mirror instead of the hub: source X is loaded from DIR/<hub id of X> "
+                             "(e.g. --from-dir data/sample); works offline")
+    parser.add_argument("--only", nargs="+", metavar="NAME", choices=source_names(),
+                        help="download only these sources (registry names, e.g. kormedmcqa kmmlu)")
+    parser.add_argument("--output", type=Path, default=RAW_DIR,
+                        help=f"raw data directory; files go to OUTPUT/by_source/<name>/<config>/<split>.jsonl and "
+                             f"the manifest to OUTPUT/{MANIFEST_NAME} (default: {RAW_DIR})")
+    parser.add_argument("--local-dir", type=Path, metavar="DIR",
+                        help="directory holding the local dictionary files (01_medical_dict/*.jsonl); default: "
+                             f"DIR/local with --from-dir, else {SAMPLE_DATA_DIR / 'local'}")
+    parser.add_argument("--max-rows", type=int, metavar="N",
+                        help="keep only the first N rows of every split (hub data is streamed, not downloaded "
+                             "whole); recorded in the manifest. Default: all rows")
+    parser.add_argument("--cache-dir", metavar="DIR",
+                        help="datasets cache directory (default: the datasets library's, ~/.cache/huggingface)")
+    parser.add_argument("--force", action="store_true",
+                        help="download again even when the manifest says a source is up to date")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log the datasets library's messages too")
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    if args.max_rows is not None and args.max_rows <= 0:
+        raise SystemExit("--max-rows must be a positive number of rows")
+    if args.local_dir is not None:
+        local_dir = args.local_dir
+    elif args.from_dir is not None:
+        local_dir = args.from_dir / "local"
+    else:
+        local_dir = SAMPLE_DATA_DIR / "local"
+    return Settings(args.output, args.from_dir, local_dir, args.max_rows, args.cache_dir, args.force)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    selected = [get_source(name) for name in args.only] if args.only else list(SOURCES)
+
+    if args.from_dir is not None and not args.from_dir.is_dir():
+        print(f"--from-dir {args.from_dir}: no such directory", file=sys.stderr)
+        return 2
+    if args.from_dir is None and any(not s.is_local for s in selected) and hub_offline():
+        print(OFFLINE_MESSAGE, file=sys.stderr)
+        return 2
+
+    import datasets
+
+    if not args.verbose:  # our own progress bar is over sources; the per-split bars only add noise
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+
+    manifest = load_manifest(settings.output)
+    results: list[SourceResult] = []
+    for source in tqdm(selected, desc="sources", unit="source"):
+        try:
+            result = download_source(source, settings, manifest)
+        except HubUnreachable as exc:
+            logger.error("%s: %s", source.name, exc)
+            print(OFFLINE_MESSAGE, file=sys.stderr)
+            return 2
+        except Exception as exc:  # one failing source is reported; the others go on
+            logger.error("%s failed: %s", source.name, exc)
+            result = SourceResult(source.name, "FAILED", detail=f"{type(exc).__name__}: {exc}")
+        if result.entries:
+            manifest["parts"].update(result.entries)
+            manifest["version"] = MANIFEST_VERSION
+            atomic_write_json(settings.output / MANIFEST_NAME, manifest)  # after each source: resumable
+        results.append(result)
+
+    print_summary(results)
+    return 0 if all(r.status != "FAILED" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
