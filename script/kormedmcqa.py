@@ -1,0 +1,722 @@
+"""KorMedMCQA: loading, item normalisation, evaluation-set definitions and contamination matching.
+
+This module is the one place that knows
+
+* where KorMedMCQA lives (``data/raw/by_source/kormedmcqa/<config>/<split>.jsonl`` written by
+  ``download_all_datasets.py``, or a local hub mirror such as ``data/sample/sean0042/KorMedMCQA``
+  read with ``datasets.load_dataset``);
+* how an upstream row becomes an item ``{"id", "config", "split", "question", "options",
+  "answer", "meta"}`` -- the integer answer (1-5) is turned into a letter here, once;
+* which items form each evaluation set:
+
+  - ``guide604``  the guide's "604 test samples": doctor dev + test + fewshot (164 + 435 + 5);
+  - ``official``  the test split of all four configs (3,009 items upstream);
+  - ``steer``     a deterministic held-out slice (10 % per config) of the TRAIN split, the set that
+                  training loops, best-checkpoint choice and type choice steer on;
+
+* how a training record is compared with those items (``EvaluationIndex``), used by
+  ``exclude_test_from_training.py`` and by the steer selection itself.
+
+Matching rules (see ``EvaluationIndex`` for the details and the reasons):
+
+``exact``       identical question stem (whitespace at the ends ignored);
+``normalised``  identical stem after NFKC, casefold, removal of whitespace and punctuation;
+``contained``   a test stem of at least ``MIN_NEAR_CHARS`` normalised characters appears inside
+                the record's normalised question (a test question wrapped in a longer prompt);
+``near``        Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` (0.8) to an item
+                whose normalised text has at least ``MIN_NEAR_CHARS`` (30) characters, numbers equal.
+
+Where both sides carry options, a short stem (under ``MIN_NEAR_CHARS``) matches only together with
+its options (as a set: option order never matters), because short stems such as "다음 중 옳은
+것은?" are shared by many different questions.
+
+    python -m script.kormedmcqa --raw-dir data/raw/by_source/kormedmcqa      # print set sizes
+    python -m script.kormedmcqa --from-dir data/sample
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import math
+import re
+import sys
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from script.data_io import DataError, Reject, iter_jsonl
+from script.formats import MCQ_REASONING_INSTRUCTION, OPTION_LETTERS
+
+# ---------------------------------------------------------------------------
+# Upstream layout (UPSTREAM_FACTS.md, KorMedMCQA section)
+# ---------------------------------------------------------------------------
+HUB_NAME = "sean0042/KorMedMCQA"
+SOURCE_NAME = "kormedmcqa"  # folder under data/raw/by_source/
+CONFIGS = ("doctor", "nurse", "pharm", "dentist")
+SPLITS = ("train", "dev", "test", "fewshot")
+UPSTREAM_COLUMNS = ("subject", "year", "period", "q_number", "question", "A", "B", "C", "D", "E", "answer", "cot")
+# Without these a row cannot be an item; the others are metadata and may be missing.
+REQUIRED_COLUMNS = ("question", "A", "B", "C", "D", "E", "answer")
+META_COLUMNS = ("subject", "year", "period", "q_number", "cot")
+
+# ---------------------------------------------------------------------------
+# Evaluation sets
+# ---------------------------------------------------------------------------
+GUIDE604 = "guide604"
+OFFICIAL = "official"
+STEER = "steer"
+SET_NAMES = (GUIDE604, OFFICIAL, STEER)
+SET_FILES = {GUIDE604: "guide604.jsonl", OFFICIAL: "official_test.jsonl", STEER: "steer.jsonl"}
+ALL_TEST_FILE = "all_test.jsonl"
+SETS_MANIFEST = "sets.json"
+GUIDE604_EXPECTED = 604  # doctor dev 164 + test 435 + fewshot 5 upstream; the sample data too
+
+# (config, split) pairs each fixed set is made of; steer is drawn from the train splits.
+SET_SPLITS: dict[str, tuple[tuple[str, str], ...]] = {
+    GUIDE604: (("doctor", "dev"), ("doctor", "test"), ("doctor", "fewshot")),
+    OFFICIAL: tuple((config, "test") for config in CONFIGS),
+    STEER: tuple((config, "train") for config in CONFIGS),
+}
+STEER_FRACTION = 0.1
+STEER_SALT = "kormedmcqa-steer-v1"  # changing it changes the steer slice; keep it fixed
+
+# ---------------------------------------------------------------------------
+# Matching parameters (the reasons are in EvaluationIndex's docstring)
+# ---------------------------------------------------------------------------
+NGRAM = 3
+NEAR_THRESHOLD = 0.8
+MIN_NEAR_CHARS = 30
+MATCH_METHODS = ("exact", "normalised", "contained", "near")
+
+
+# ===========================================================================
+# Items
+# ===========================================================================
+def answer_to_letter(value: Any) -> str:
+    """KorMedMCQA's answer (integer 1-5) as a letter A-E; anything else raises ValueError.
+
+    Integer-valued strings ("3") are accepted because some JSON exports quote numbers; letters
+    are not, since a letter here means the file was converted by someone else already and the
+    convention can no longer be checked.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"answer should be an integer 1-5, found {value!r}")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not isinstance(value, int):
+        raise ValueError(f"answer should be an integer 1-5, found {value!r}")
+    if not 1 <= value <= len(OPTION_LETTERS):
+        raise ValueError(f"answer {value} is out of range: KorMedMCQA answers are 1-5")
+    return OPTION_LETTERS[value - 1]
+
+
+def _clean_cell(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def item_key(record: Mapping[str, Any], row: int) -> str:
+    """Stable per-split key: ``<year>-<period>-<q_number>`` where upstream has them, else ``row<N>``."""
+    parts = [_clean_cell(record.get(name)) for name in ("year", "period", "q_number")]
+    if all(parts):
+        return "-".join(parts)
+    return f"row{row}"
+
+
+def make_item_id(config: str, split: str, key: str) -> str:
+    return f"{SOURCE_NAME}/{config}/{split}/{key}"
+
+
+def normalise_item(record: Mapping[str, Any], config: str, split: str, row: int) -> dict:
+    """An upstream row as an item; raises ValueError with a short reason for a bad row.
+
+    ``row`` is the 0-based row index within the split (kept in ``meta`` and used for ids when the
+    row lacks year/period/q_number).
+    """
+    missing = [name for name in REQUIRED_COLUMNS if name not in record]
+    if missing:
+        raise ValueError(
+            f"missing column {missing[0]!r} (expected columns: {', '.join(UPSTREAM_COLUMNS)}; "
+            f"found: {', '.join(record)})"
+        )
+    question = _clean_cell(record["question"])
+    if not question:
+        raise ValueError("empty 'question'")
+    options = {letter: _clean_cell(record[letter]) for letter in OPTION_LETTERS}
+    empty = [letter for letter in OPTION_LETTERS[:4] if not options[letter]]
+    if empty:
+        raise ValueError(f"empty option {empty[0]!r}")
+    if not options["E"]:
+        del options["E"]  # a four-option row stays usable; its answer must then be 1-4
+    letter = answer_to_letter(record["answer"])
+    if letter not in options:
+        raise ValueError(f"answer {letter} points at an empty option")
+    meta = {name: record[name] for name in META_COLUMNS if record.get(name) not in (None, "")}
+    meta["row"] = row
+    return {
+        "id": make_item_id(config, split, item_key(record, row)),
+        "config": config,
+        "split": split,
+        "question": question,
+        "options": options,
+        "answer": letter,
+        "meta": meta,
+    }
+
+
+def _normalise_rows(
+    rows: Iterable[tuple[int, int, Mapping[str, Any]]],
+    config: str,
+    split: str,
+    where: str,
+    on_reject: Callable[[Reject], None],
+) -> list[dict]:
+    """Rows ``(row_index, line_number, record)`` -> items; duplicate keys get a row suffix."""
+    items: list[dict] = []
+    seen: set[str] = set()
+    for row, line, record in rows:
+        try:
+            item = normalise_item(record, config, split, row)
+        except ValueError as exc:
+            on_reject(Reject(where, line, str(exc), json.dumps(record, ensure_ascii=False, default=str)[:2000]))
+            continue
+        if item["id"] in seen:  # the same year/period/q_number twice: keep both, ids stay unique
+            item["id"] = f"{item['id']}-row{row}"
+        seen.add(item["id"])
+        items.append(item)
+    return items
+
+
+def load_raw_split(raw_dir: str | Path, config: str, split: str, on_reject: Callable[[Reject], None]) -> list[dict]:
+    """Items of ``<raw_dir>/<config>/<split>.jsonl`` (download_all_datasets.py's layout)."""
+    path = Path(raw_dir) / config / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing; run `python -m script.download_all_datasets` (or pass --from-dir data/sample)"
+        )
+    rows = ((row, line, record) for row, (line, record) in enumerate(iter_jsonl(path, on_reject=on_reject)))
+    return _normalise_rows(rows, config, split, str(path), on_reject)
+
+
+def resolve_hub_dir(from_dir: str | Path) -> Path:
+    """Accept either a mirror root (``data/sample``) or the dataset folder itself."""
+    root = Path(from_dir)
+    candidate = root / HUB_NAME
+    if candidate.is_dir():
+        return candidate
+    if (root / "README.md").is_file():
+        return root
+    raise DataError(f"{root}: no {HUB_NAME} mirror here (expected {candidate}/README.md)")
+
+
+def load_hub_split(hub_dir: str | Path, config: str, split: str, on_reject: Callable[[Reject], None]) -> list[dict]:
+    """Items of one config/split of a local hub mirror, read with ``datasets.load_dataset``."""
+    import datasets  # heavy import: only when a mirror is read
+
+    hub_dir = Path(hub_dir)
+    try:
+        dataset = datasets.load_dataset(str(hub_dir), config, split=split)
+    except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "not there"
+        raise DataError(f"{hub_dir} [{config}/{split}]: cannot load ({type(exc).__name__}: {exc})") from exc
+    where = f"{hub_dir}/{config}/{split}"
+    # A row's "line" is its 1-based position, so messages read like file:line ones.
+    rows = ((row, row + 1, record) for row, record in enumerate(dataset))
+    return _normalise_rows(rows, config, split, where, on_reject)
+
+
+class ItemSource:
+    """Loads each config/split once, from a raw dir or a hub mirror, and keeps every reject."""
+
+    def __init__(self, raw_dir: str | Path | None = None, from_dir: str | Path | None = None) -> None:
+        if (raw_dir is None) == (from_dir is None):
+            raise ValueError("give exactly one of raw_dir and from_dir")
+        self.hub_dir = resolve_hub_dir(from_dir) if from_dir is not None else None
+        self.raw_dir = Path(raw_dir) if raw_dir is not None else None
+        self.rejects: list[Reject] = []
+        self._cache: dict[tuple[str, str], list[dict]] = {}
+
+    @property
+    def description(self) -> str:
+        return f"hub mirror {self.hub_dir}" if self.hub_dir is not None else f"raw dir {self.raw_dir}"
+
+    def items(self, config: str, split: str) -> list[dict]:
+        key = (config, split)
+        if key not in self._cache:
+            if self.hub_dir is not None:
+                self._cache[key] = load_hub_split(self.hub_dir, config, split, self.rejects.append)
+            else:
+                self._cache[key] = load_raw_split(self.raw_dir, config, split, self.rejects.append)
+        return self._cache[key]
+
+
+# ===========================================================================
+# Evaluation sets
+# ===========================================================================
+def steer_rank(item_id: str) -> str:
+    """Sort key of the steer draw: a salted hash of the id, so the slice depends on nothing else."""
+    return hashlib.sha256(f"{STEER_SALT}:{item_id}".encode()).hexdigest()
+
+
+def steer_count(n_items: int, fraction: float = STEER_FRACTION) -> int:
+    """How many train items of a config go to steer: round(fraction * n), at least 1 if any."""
+    if n_items == 0:
+        return 0
+    return min(n_items, max(1, round(n_items * fraction)))
+
+
+def select_steer(
+    train_items: Sequence[dict],
+    fraction: float = STEER_FRACTION,
+    held_out: "EvaluationIndex | None" = None,
+) -> list[dict]:
+    """The steer slice of one config's train split.
+
+    Items are ranked by ``steer_rank(id)`` and the first ``steer_count`` are taken. Train items
+    whose question matches an item of ``held_out`` (the test sets) are skipped first: exams reuse
+    questions across years, and steering on a copy of a test question is steering on the test.
+    """
+    eligible = [item for item in train_items if held_out is None or held_out.match_item(item) is None]
+    chosen = sorted(eligible, key=lambda item: steer_rank(item["id"]))[: steer_count(len(train_items), fraction)]
+    return sorted(chosen, key=lambda item: item["meta"]["row"])  # file order, for readable output
+
+
+def build_sets(source: ItemSource, steer_fraction: float = STEER_FRACTION) -> dict[str, list[dict]]:
+    """The three evaluation sets, each a list of items in upstream order."""
+    sets = {name: [item for config, split in SET_SPLITS[name] for item in source.items(config, split)]
+            for name in (GUIDE604, OFFICIAL)}
+    held_out = EvaluationIndex(dedupe_items(sets[GUIDE604] + sets[OFFICIAL]))
+    sets[STEER] = [
+        item
+        for config, split in SET_SPLITS[STEER]
+        for item in select_steer(source.items(config, split), steer_fraction, held_out)
+    ]
+    return sets
+
+
+def dedupe_items(items: Iterable[dict]) -> list[dict]:
+    """Items in first-seen order, one per id (doctor test is in guide604 and in official)."""
+    seen: dict[str, dict] = {}
+    for item in items:
+        seen.setdefault(item["id"], item)
+    return list(seen.values())
+
+
+def count_by_config_split(items: Iterable[dict]) -> dict[str, int]:
+    counts = Counter(f"{item['config']}/{item['split']}" for item in items)
+    return dict(sorted(counts.items()))
+
+
+# ===========================================================================
+# Text normalisation
+# ===========================================================================
+_WHITESPACE = re.compile(r"\s+")
+# Thousands separators go ("5,000" == "5000"); any other punctuation between two digits stays,
+# so "1.5" != "15" and "3-5" != "35" (a changed number is a different question).
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+
+
+@functools.lru_cache(maxsize=1)
+def _punctuation_pattern() -> re.Pattern[str]:
+    """Every Unicode punctuation character (categories P*), except where it sits between digits.
+
+    Built once (a scan of the code space, ~0.3 s) so that normalisation is one regex pass instead
+    of a Python loop per character.
+    """
+    ranges: list[tuple[int, int]] = []
+    for code in range(sys.maxunicode + 1):
+        if unicodedata.category(chr(code)).startswith("P"):
+            if ranges and ranges[-1][1] == code - 1:
+                ranges[-1] = (ranges[-1][0], code)
+            else:
+                ranges.append((code, code))
+    klass = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
+    # Removed unless preceded AND followed by a digit.
+    return re.compile(rf"(?<!\d)[{klass}]|[{klass}](?!\d)")
+
+
+def normalise_text(text: str) -> str:
+    """NFKC, casefold, no whitespace, no punctuation (except between digits).
+
+    Whitespace is removed rather than collapsed because Korean word spacing (띄어쓰기) varies
+    between copies of the same question ("고혈압 환자" / "고혈압환자"). NFKC folds full-width
+    letters, digits and punctuation and circled numbers into their plain forms.
+    """
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = _THOUSANDS_COMMA.sub("", text)  # before spaces go, or "5,000 3" would read "5,0003"
+    text = _WHITESPACE.sub("", text)
+    return _punctuation_pattern().sub("", text)
+
+
+def char_ngrams(text: str, n: int = NGRAM) -> frozenset[str]:
+    """Set of character n-grams; a text shorter than n is its own single gram."""
+    if len(text) <= n:
+        return frozenset([text]) if text else frozenset()
+    return frozenset(text[i : i + n] for i in range(len(text) - n + 1))
+
+
+def numbers_in(text: str) -> tuple[str, ...]:
+    """The numbers of a normalised text, sorted (a multiset: order-insensitive like the options)."""
+    return tuple(sorted(_NUMBER.findall(text)))
+
+
+def jaccard(a: frozenset[str], b: frozenset[str]) -> float:
+    if not a and not b:
+        return 1.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+# ===========================================================================
+# Questions inside training records
+# ===========================================================================
+# "A) text", "A. text", "(A) text", "Ａ） text" ... one option per line.
+_OPTION_LINE = re.compile(r"^\s*[\(\[]?([A-Ea-e])\s*[\)\]\.:．）：]\s*(.*?)\s*$")
+_FENCED_BLOCK = re.compile(r"```.*?```", re.DOTALL)
+
+
+def _message_text(content: Any) -> str:
+    """A message's content as text (plain string, or structured ``[{"type": "text", ...}]``)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = (part for part in content if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(str(part.get("text", "")) for part in parts)
+    return ""
+
+
+def strip_prompt_scaffolding(text: str) -> str:
+    """Remove what formats.py wraps around a question (instruction line, ```format/example``` blocks)."""
+    text = _FENCED_BLOCK.sub("", text)
+    lines = [line for line in text.splitlines() if line.strip() != MCQ_REASONING_INSTRUCTION]
+    return "\n".join(lines).strip()
+
+
+def split_stem_options(text: str) -> tuple[str, dict[str, str] | None]:
+    """Split MCQ-like text into (stem, options): the stem is what precedes the first "A) ..." line.
+
+    Options must run A, B, C, ... on consecutive lines (at least A and B); anything else means
+    the text is not an MCQ and it is returned whole with ``None``.
+    """
+    lines = text.splitlines()
+    for start, line in enumerate(lines):
+        match = _OPTION_LINE.match(line)
+        if not match or match.group(1).upper() != "A":
+            continue
+        options: dict[str, str] = {}
+        for follow in lines[start:]:
+            option = _OPTION_LINE.match(follow)
+            expected = OPTION_LETTERS[len(options)] if len(options) < len(OPTION_LETTERS) else None
+            if not option or option.group(1).upper() != expected:
+                break
+            options[expected] = option.group(2)
+        if len(options) >= 2:
+            return "\n".join(lines[:start]).strip(), options
+    return text.strip(), None
+
+
+def _options_of(value: Any) -> dict[str, str] | None:
+    """A record's ``options`` field ({"A": ...} or a list) as a letter dict, None if unusable."""
+    if isinstance(value, Mapping):
+        options = {str(k).strip().upper(): _clean_cell(v) for k, v in value.items() if _clean_cell(v)}
+    elif isinstance(value, (list, tuple)):
+        letters = zip(OPTION_LETTERS, value)
+        options = {letter: _clean_cell(v) for letter, v in letters if _clean_cell(v)}
+    else:
+        return None
+    return options if len(options) >= 2 else None
+
+
+def record_question(record: Mapping[str, Any]) -> tuple[str, dict[str, str] | None] | None:
+    """(stem, options or None) of a training record; None when it has no question text at all.
+
+    Order: the record's own ``question`` field (+ ``options``); else the first user message;
+    else a plain ``text`` field (00_plain_text records). MCQ-like text is split at its first
+    option line so that the comparison is on the stem, never on the rendered prompt.
+    """
+    question = record.get("question")
+    if isinstance(question, str) and question.strip():
+        stem, parsed = split_stem_options(question)
+        return stem, _options_of(record.get("options")) or parsed
+    messages = record.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, Mapping) and message.get("role") == "user":
+                text = strip_prompt_scaffolding(_message_text(message.get("content")))
+                if text:
+                    return split_stem_options(text)
+                break
+    text = record.get("text")
+    if isinstance(text, str) and text.strip():
+        return text.strip(), None
+    return None
+
+
+# ===========================================================================
+# Matching
+# ===========================================================================
+@dataclass(frozen=True)
+class Match:
+    method: str  # one of MATCH_METHODS
+    item_id: str
+    score: float  # 1.0 for exact/normalised/contained, the Jaccard similarity for near
+
+
+@dataclass
+class _Probe:
+    """Everything about one question that the matcher compares, computed once."""
+
+    raw_stem: str
+    norm_stem: str
+    raw_options: frozenset[str] | None
+    norm_options: frozenset[str] | None
+
+    @classmethod
+    def build(cls, stem: str, options: Mapping[str, str] | None) -> "_Probe":
+        if options:
+            values = [str(v).strip() for v in options.values() if str(v).strip()]
+            return cls(stem.strip(), normalise_text(stem), frozenset(values),
+                       frozenset(normalise_text(v) for v in values))
+        return cls(stem.strip(), normalise_text(stem), None, None)
+
+    def near_text(self, with_options: bool) -> str:
+        """Stem alone, or stem + options in sorted order (order-insensitive)."""
+        if with_options and self.norm_options:
+            return self.norm_stem + "|" + "|".join(sorted(self.norm_options))
+        return self.norm_stem
+
+
+@dataclass
+class _GramIndex:
+    """Inverted index gram -> item positions, for Jaccard candidate search by prefix filtering.
+
+    One index per numbers signature (see EvaluationIndex): texts whose numbers differ are never
+    compared, which also keeps each index, and its posting lists, small.
+    """
+
+    threshold: float
+    grams: list[frozenset[str]] = field(default_factory=list)
+    owners: list[int] = field(default_factory=list)  # position in the index's item list
+    postings: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    min_size: int = 0
+    max_size: int = 0
+
+    def add(self, owner: int, text: str) -> None:
+        slot = len(self.grams)
+        grams = char_ngrams(text)
+        self.grams.append(grams)
+        self.owners.append(owner)
+        self.min_size = len(grams) if slot == 0 else min(self.min_size, len(grams))
+        self.max_size = max(self.max_size, len(grams))
+        for gram in grams:
+            self.postings[gram].append(slot)
+
+    def best(self, grams: frozenset[str]) -> tuple[int, float] | None:
+        """(owner, similarity) of the most similar indexed gram set at or above the threshold."""
+        n = len(grams)
+        if n == 0 or not self.grams:
+            return None
+        # Length filter first: J <= min/max, so far shorter or longer texts can never match.
+        if n * self.threshold > self.max_size + 1e-9 or n < self.min_size * self.threshold - 1e-9:
+            return None
+        # Prefix filter: J >= t needs |G & T| >= t*|G|, so at most n - ceil(t*n) grams of G can
+        # miss T, and any n - ceil(t*n) + 1 of them must hit it. Grams absent from the index miss
+        # every item, so they fill that budget first (an unrelated record stops here); the rest of
+        # the prefix is taken from the rarest present grams, whose posting lists are short.
+        postings = self.postings
+        present = grams & postings.keys()  # set operation in C
+        prefix_len = n - math.ceil(self.threshold * n - 1e-9) + 1 - (n - len(present))
+        if prefix_len <= 0:
+            return None
+        prefix = sorted(present, key=lambda g: len(postings[g]))[:prefix_len]
+        candidates: set[int] = set()
+        for gram in prefix:
+            candidates.update(postings[gram])
+        low, high = self.threshold * n, n / self.threshold  # length filter: J <= min/max
+        best: tuple[int, float] | None = None
+        for slot in candidates:
+            other = self.grams[slot]
+            if not low - 1e-9 <= len(other) <= high + 1e-9:
+                continue
+            score = jaccard(grams, other)
+            if score >= self.threshold - 1e-12 and (best is None or score > best[1]):
+                best = (self.owners[slot], score)
+        return best
+
+
+class EvaluationIndex:
+    """Finds whether a question is (a copy of) one of the evaluation items.
+
+    Rules, tried in this order; the first that fires names the method:
+
+    ``exact``       the stripped stem equals an item's stem;
+    ``normalised``  ``normalise_text(stem)`` equals an item's (spacing, punctuation, full-width
+                    forms, case do not matter).
+                    For both, when the record AND the item have options and the stem is shorter
+                    than ``MIN_NEAR_CHARS`` normalised characters, the option sets must be equal
+                    too (raw for exact, normalised for normalised; as sets, so a shuffled copy
+                    still matches). A short stem like "다음 중 옳은 것은?" is the same for many
+                    different questions; a long vignette is the question.
+    ``contained``   the normalised stem of an item (>= ``MIN_NEAR_CHARS`` characters) is a
+                    substring of the record's normalised stem: a test question inside a longer
+                    prompt ("다음 문제를 풀어라: ...").
+    ``near``        Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` to an item
+                    whose normalised text has >= ``MIN_NEAR_CHARS`` characters, with the same
+                    numbers (as a multiset). When both sides have options the compared text is
+                    stem + options in sorted order, otherwise the stem alone.
+
+    Why 3-grams, 0.8 and 30: a Korean syllable is one character, so 3-grams are about a short
+    word. One substituted character changes at most 3 of the (L - 2) grams of an L-character
+    text, giving J >= (L - 5) / (L + 1); at L = 30 that is 0.806, so every one-character edit
+    (substitution, insertion or deletion) of an item text of 30+ characters clears 0.8 (for
+    text without long runs of one repeated character, where grams are not distinct). Replacing a
+    3-4 syllable word (a disease name) changes 5-6 grams and falls below 0.8 up to about 47-56
+    characters; in longer texts such a swap can still clear 0.8, which errs toward removal (a
+    lost training record is cheap, a leaked test item is not). Numbers are compared exactly
+    because "K 2.5 mEq/L" and "K 6.5 mEq/L" are different questions although one character apart,
+    so a one-character edit that changes a number is NOT matched by ``near``. Short stems are left
+    to the exact/normalised rules: "혈중 칼륨 농도는?" / "혈중 칼슘 농도는?" differ by one
+    character and are different questions.
+
+    Scaling: building the index is linear in the total length of the items. Items are indexed per
+    numbers signature, so a record is only ever compared with items carrying the same numbers.
+    Within that index a query costs one set intersection with the gram vocabulary (a record with
+    more than ``n - ceil(0.8 n)`` unknown grams stops there), the posting lists of its rarest
+    remaining prefix grams (prefix filtering), and one set intersection per candidate that passes
+    the length filter -- so a whole run is linear in the training data, not records x items.
+    Exact and normalised lookups are dict lookups; ``contained`` intersects the record's grams
+    with a map from each item's rarest gram ("anchor") to the item, then checks substrings.
+    """
+
+    def __init__(self, items: Iterable[Mapping[str, Any]], threshold: float = NEAR_THRESHOLD,
+                 min_near_chars: int = MIN_NEAR_CHARS) -> None:
+        self.threshold = threshold
+        self.min_near_chars = min_near_chars
+        self.ids: list[str] = []
+        self.probes: list[_Probe] = []
+        self._exact: dict[str, list[int]] = defaultdict(list)
+        self._normalised: dict[str, list[int]] = defaultdict(list)
+        # (with options?, numbers signature) -> gram index
+        self._gram_indexes: dict[tuple[bool, tuple[str, ...]], _GramIndex] = {}
+        self._anchors: dict[str, list[int]] = defaultdict(list)
+        for item in items:
+            self._add(item)
+        self._build_anchors()
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _add(self, item: Mapping[str, Any]) -> None:
+        question = item.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(f"evaluation item {item.get('id')!r} has no question")
+        position = len(self.ids)
+        probe = _Probe.build(question, _options_of(item.get("options")))
+        self.ids.append(str(item.get("id", position)))
+        self.probes.append(probe)
+        self._exact[probe.raw_stem].append(position)
+        self._normalised[probe.norm_stem].append(position)
+        for with_options in (False, True):
+            text = probe.near_text(with_options)
+            if len(text) >= self.min_near_chars:
+                key = (with_options, numbers_in(text))
+                if key not in self._gram_indexes:
+                    self._gram_indexes[key] = _GramIndex(self.threshold)
+                self._gram_indexes[key].add(position, text)
+
+    def _build_anchors(self) -> None:
+        """Each long stem's rarest gram: a record can contain the stem only if it has that gram."""
+        long_stems = [(p, char_ngrams(probe.norm_stem)) for p, probe in enumerate(self.probes)
+                      if len(probe.norm_stem) >= self.min_near_chars]
+        frequency = Counter(gram for _, grams in long_stems for gram in grams)
+        for position, grams in long_stems:
+            self._anchors[min(grams, key=lambda g: (frequency[g], g))].append(position)
+
+    # -- rules -------------------------------------------------------------------------------
+    def _options_agree(self, probe: _Probe, position: int, normalised: bool) -> bool:
+        item = self.probes[position]
+        if probe.raw_options is None or item.raw_options is None:
+            return True  # nothing to compare: the stem decides
+        if len(probe.norm_stem) >= self.min_near_chars:
+            return True  # a long stem is the question whatever its options
+        if normalised:
+            return probe.norm_options == item.norm_options
+        return probe.raw_options == item.raw_options
+
+    def match(self, stem: str, options: Mapping[str, str] | None = None) -> Match | None:
+        """The first rule that matches ``stem`` (and ``options``) to an item, or None."""
+        probe = _Probe.build(stem, options)
+        if not probe.norm_stem:
+            return None
+        for position in self._exact.get(probe.raw_stem, ()):
+            if self._options_agree(probe, position, normalised=False):
+                return Match("exact", self.ids[position], 1.0)
+        for position in self._normalised.get(probe.norm_stem, ()):
+            if self._options_agree(probe, position, normalised=True):
+                return Match("normalised", self.ids[position], 1.0)
+        found = self._contained(probe)
+        if found is not None:
+            return found
+        return self._near(probe)
+
+    def match_item(self, item: Mapping[str, Any]) -> Match | None:
+        return self.match(item["question"], _options_of(item.get("options")))
+
+    def match_record(self, record: Mapping[str, Any]) -> Match | None:
+        question = record_question(record)
+        return None if question is None else self.match(*question)
+
+    def _contained(self, probe: _Probe) -> Match | None:
+        text = probe.norm_stem
+        if len(text) <= self.min_near_chars:
+            return None
+        for gram in char_ngrams(text) & self._anchors.keys():
+            for position in self._anchors[gram]:
+                if self.probes[position].norm_stem in text:
+                    return Match("contained", self.ids[position], 1.0)
+        return None
+
+    def _near(self, probe: _Probe) -> Match | None:
+        with_options = probe.norm_options is not None
+        text = probe.near_text(with_options)
+        # Only items of min_near_chars+ are indexed; the record may be a little shorter (a
+        # deletion), the index's length filter keeps it within [t*m, m/t] of the item.
+        index = self._gram_indexes.get((with_options, numbers_in(text)))
+        found = index.best(char_ngrams(text)) if index is not None else None
+        if found is None:
+            return None
+        position, score = found
+        return Match("near", self.ids[position], round(score, 4))
+
+
+# ===========================================================================
+# Command line: print what the sets hold (extract_kormedmcqa_test.py writes them)
+# ===========================================================================
+def main(argv: Sequence[str] | None = None) -> int:
+    from script.training_config import RAW_DIR
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--raw-dir", type=Path, default=None,
+                       help=f"download_all_datasets.py output (default {RAW_DIR / 'by_source' / SOURCE_NAME})")
+    where.add_argument("--from-dir", type=Path, default=None, help="local hub mirror root, e.g. data/sample")
+    args = parser.parse_args(argv)
+    source = (ItemSource(from_dir=args.from_dir) if args.from_dir
+              else ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME))
+    sets = build_sets(source)
+    print(json.dumps({name: count_by_config_split(items) | {"total": len(items)} for name, items in sets.items()},
+                     ensure_ascii=False, indent=2))
+    for reject in source.rejects:
+        print(f"REJECT {reject}")
+    return 1 if source.rejects else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
