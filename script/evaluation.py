@@ -75,3 +75,109 @@ def completion_perplexity(model, tokenizer, records: Sequence[dict], batch_size:
         "records": len(records),
         "truncated": truncated,
     }
+
+
+# ---------------------------------------------------------------------------
+# Multiple-choice scoring, letter mode: one forward pass per batch, no generation.
+# ---------------------------------------------------------------------------
+def mcq_messages(item: dict) -> list[dict]:
+    """The Type-3 prompt of an MCQ item: the same format the type-3 trainer uses."""
+    return formats.type_messages(formats.TYPE3_WORD, formats.format_mcq(item["question"], item["options"]))
+
+
+def letter_token_ids(tokenizer, prompt: str, letters: Sequence[str] = formats.OPTION_LETTERS) -> dict[str, int]:
+    """Id of the first token each answer letter gets right after the prompt, as in training."""
+    base = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    ids = {}
+    for letter in letters:
+        full = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
+        if full[: len(base)] != base or len(full) == len(base):
+            raise ValueError(f"answer letter {letter!r} does not start a new token after the prompt")
+        ids[letter] = full[len(base)]
+    if len(set(ids.values())) != len(ids):
+        raise ValueError(f"answer letters share tokens: {ids}")
+    return ids
+
+
+def left_padded_batch(sequences: Sequence[Sequence[int]], pad_id: int):
+    """input_ids, attention_mask and position_ids for a left-padded batch.
+
+    Position ids count real tokens only, so a padded row sees the same positions as it would
+    alone (batch results equal one-by-one results).
+    """
+    import torch
+
+    width = max(len(s) for s in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        input_ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
+        attention[row, width - len(seq):] = 1
+    positions = (attention.cumsum(dim=1) - 1).clamp(min=0)
+    return input_ids, attention, positions
+
+
+def score_mcq_letter_mode(model, tokenizer, items: Sequence[dict], batch_size: int = 16,
+                          progress: bool = False) -> list[dict]:
+    """Predict each item's answer by the logits of its option letters at the answer position.
+
+    Returns one prediction per item: ``{"id", "prediction", "gold", "correct", "letter_logprobs"}``
+    where the log-probabilities are normalised over the item's own options (4 for KMMLU, 5 for
+    KorMedMCQA), so a model can never answer a letter the item does not have.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    prompts = [formats.render_prompt(tokenizer, mcq_messages(item)) for item in items]
+    if not prompts:
+        return []
+    letter_ids = letter_token_ids(tokenizer, prompts[0])
+    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    order = sorted(range(len(items)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    results: list[dict | None] = [None] * len(items)
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, desc="scoring", unit="batch")
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in batches:
+            idx = order[begin: begin + batch_size]
+            input_ids, attention, positions = left_padded_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               position_ids=positions.to(device)).logits[:, -1, :].float()
+            for row, i in enumerate(idx):
+                letters = [letter for letter in formats.OPTION_LETTERS if letter in items[i]["options"]]
+                option_logits = logits[row, [letter_ids[letter] for letter in letters]]
+                logprobs = torch.log_softmax(option_logits, dim=-1).tolist()
+                prediction = letters[max(range(len(letters)), key=lambda k: logprobs[k])]
+                gold = items[i]["answer"]
+                results[i] = {"id": items[i].get("id"), "prediction": prediction, "gold": gold,
+                              "correct": prediction == gold,
+                              "letter_logprobs": dict(zip(letters, (round(x, 5) for x in logprobs)))}
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def mcq_accuracy(items: Sequence[dict], predictions: Sequence[dict]) -> dict:
+    """Accuracy with its chance baseline, overall and per subject (KorMedMCQA config)."""
+    total = len(predictions)
+    correct = sum(p["correct"] for p in predictions)
+    chance = sum(1 / len(item["options"]) for item in items) / total if total else float("nan")
+    per_subject: dict[str, list[int]] = {}
+    for item, pred in zip(items, predictions):
+        subject = item.get("config") or item.get("meta", {}).get("subject") or "all"
+        tally = per_subject.setdefault(subject, [0, 0])
+        tally[0] += pred["correct"]
+        tally[1] += 1
+    return {
+        "accuracy": correct / total if total else float("nan"),
+        "correct": correct,
+        "total": total,
+        "chance": chance,
+        "per_subject": {s: {"accuracy": c / n, "correct": c, "total": n} for s, (c, n) in sorted(per_subject.items())},
+    }

@@ -3,8 +3,9 @@
     python -m script.make_tiny_model                 # build both if missing
     python -m script.make_tiny_model --force         # rebuild
 
-``tiny`` is a Gemma-3-architecture causal LM (``Gemma3ForCausalLM``, ~6M parameters) with a Korean
-BPE tokenizer trained offline on the shipped sample text. ``tiny-mm`` wraps the *same* language
+``tiny`` is a Gemma-3-architecture causal LM (``Gemma3ForCausalLM``, ~2M parameters) with a Korean
+BPE tokenizer trained offline on the shipped sample text, briefly pretrained on the sample's
+plain-text corpora so that it is a usable base for LoRA. ``tiny-mm`` wraps the *same* language
 model weights in ``Gemma3ForConditionalGeneration`` with a tiny vision tower, the class of the
 multimodal MedGemma-4B-it, so the multimodal code path is tested without the real weights.
 
@@ -20,13 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from script import formats
-from script.data_io import iter_jsonl
+from script.data_io import atomic_write_dir, iter_jsonl
 from script.training_config import SAMPLE_DATA_DIR, TINY_MM_MODEL_DIR, TINY_MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -42,13 +41,13 @@ SPECIAL_TOKENS = BASE_SPECIAL_TOKENS + formats.CHAT_SPECIAL_TOKENS + formats.REA
 BYTE_TOKENS = [f"<0x{b:02X}>" for b in range(256)]
 
 TEXT_CONFIG = dict(
-    hidden_size=256,
-    intermediate_size=1024,
+    hidden_size=128,
+    intermediate_size=512,
     num_hidden_layers=4,
     num_attention_heads=4,
     num_key_value_heads=2,
-    head_dim=64,
-    query_pre_attn_scalar=64,
+    head_dim=32,
+    query_pre_attn_scalar=32,
     max_position_embeddings=2048,
     sliding_window=256,
     layer_types=["sliding_attention", "sliding_attention", "sliding_attention", "full_attention"],
@@ -66,6 +65,18 @@ VISION_CONFIG = dict(
 )
 MM_TOKENS_PER_IMAGE = 4  # (28 / 14)^2 patches, pooled 1:1
 
+# Neither the tokenizer nor the base model ever sees evaluation questions.
+EVALUATION_DATASETS = ("sean0042/KorMedMCQA", "HAERAE-HUB/KMMLU")
+# A real base model has read general text before anyone fine-tunes it; a randomly initialised one
+# has no usable output distribution, and LoRA on top of it barely learns (its frozen embeddings and
+# norms bound the logits). So the tiny base gets a short full-parameter pretraining on the sample's
+# plain-text corpora (c4/namuwiki/wikipedia-like; none of the fine-tuning sources).
+PRETRAIN_DATASETS = ("allenai/c4", "heegyu/namuwiki", "wikimedia/wikipedia")
+PRETRAIN_STEPS = 150
+PRETRAIN_BATCH = 16
+PRETRAIN_SEQ_LEN = 128
+PRETRAIN_LR = 3e-3
+
 
 # ---------------------------------------------------------------------------
 # Tokenizer
@@ -82,15 +93,23 @@ def _strings(value) -> Iterator[str]:
             yield from _strings(item)
 
 
-def sample_corpus(sample_dir: Path = SAMPLE_DATA_DIR) -> Iterator[str]:
-    """Every text field of the shipped sample data, in a stable order, plus the prompt texts."""
+def _sample_files(sample_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
     files = sorted(sample_dir.rglob("*.jsonl"))
     if not files:
         raise FileNotFoundError(f"no sample data under {sample_dir}; run: python -m script.make_sample_data")
-    yield from formats.SYSTEM_PROMPTS.values()
-    yield formats.MCQ_REASONING_INSTRUCTION
-    yield formats.MCQ_DETAILED_FORMAT
-    for path in files:
+    files = [f for f in files if not any(part in f.as_posix() for part in EVALUATION_DATASETS)]
+    if only is not None:
+        files = [f for f in files if any(part in f.as_posix() for part in only)]
+    return files
+
+
+def sample_corpus(sample_dir: Path = SAMPLE_DATA_DIR, only: Sequence[str] | None = None) -> Iterator[str]:
+    """Text fields of the shipped sample data in a stable order (evaluation datasets left out)."""
+    if only is None:
+        yield from formats.SYSTEM_PROMPTS.values()
+        yield formats.MCQ_REASONING_INSTRUCTION
+        yield formats.MCQ_DETAILED_FORMAT
+    for path in _sample_files(sample_dir, only):
         for _, record in iter_jsonl(path):
             yield from _strings(record)
 
@@ -194,6 +213,44 @@ def build_text_model(tokenizer):
     return model
 
 
+def pretrain(model, tokenizer, texts: Sequence[str], steps: int = PRETRAIN_STEPS) -> list[float]:
+    """Full-parameter causal-LM training on packed ``texts``; returns the loss per step.
+
+    Seeded and single-process, so a rebuild on the same machine reproduces the weights.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if steps <= 0:
+        return []
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    chunks = [ids[i : i + PRETRAIN_SEQ_LEN] for i in range(0, len(ids) - PRETRAIN_SEQ_LEN + 1, PRETRAIN_SEQ_LEN)]
+    if not chunks:
+        raise ValueError("pretraining corpus is empty")
+    order = torch.randperm(len(chunks), generator=torch.Generator().manual_seed(SEED)).tolist()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.1, 1 - s / steps))
+    model.train()
+    losses = []
+    for step in tqdm(range(steps), desc="pretraining tiny base", unit="step"):
+        rows = [chunks[order[(step * PRETRAIN_BATCH + i) % len(order)]] for i in range(PRETRAIN_BATCH)]
+        batch = torch.tensor(rows)
+        loss = model(input_ids=batch, labels=batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(float(loss))
+    model.eval()
+    logger.info("pretrained %d steps on %d tokens: loss %.2f -> %.2f", steps, len(ids), losses[0], losses[-1])
+    return losses
+
+
 def build_multimodal_model(tokenizer, text_model):
     """Gemma3ForConditionalGeneration whose language model carries ``text_model``'s weights."""
     import torch
@@ -217,34 +274,22 @@ def build_multimodal_model(tokenizer, text_model):
     return model
 
 
-def save_atomically(target: Path, save) -> None:
-    """Save into a temp dir beside ``target`` and rename it into place."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        save(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def build(out_text: Path, out_mm: Path, sample_dir: Path, force: bool = False) -> None:
+def build(out_text: Path, out_mm: Path, sample_dir: Path, force: bool = False,
+          pretrain_steps: int = PRETRAIN_STEPS) -> None:
     if not force and (out_text / "config.json").exists() and (out_mm / "config.json").exists():
         logger.info("tiny models already built: %s, %s (use --force to rebuild)", out_text, out_mm)
         return
     logger.info("training the Korean tokenizer on %s", sample_dir)
     tokenizer = wrap_tokenizer(train_tokenizer(sample_corpus(sample_dir)))
     text_model = build_text_model(tokenizer)
+    pretrain(text_model, tokenizer, list(sample_corpus(sample_dir, only=PRETRAIN_DATASETS)), pretrain_steps)
     mm_model = build_multimodal_model(tokenizer, text_model)
     for out, model in ((out_text, text_model), (out_mm, mm_model)):
         def save(tmp: Path, model=model) -> None:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
 
-        save_atomically(out, save)
+        atomic_write_dir(out, save)
         n_params = sum(p.numel() for p in model.parameters())
         logger.info("saved %s: %s, %.2fM parameters, %d tokens, %d embedding rows",
                     out, type(model).__name__, n_params / 1e6, len(tokenizer),
@@ -259,9 +304,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-dir", type=Path, default=SAMPLE_DATA_DIR,
                         help="Korean text the tokenizer learns from (default: %(default)s)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the models exist")
+    parser.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS,
+                        help="full-parameter steps on the plain-text sample corpora; 0 = random weights "
+                             "(default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    build(args.output, args.output_mm, args.sample_dir, force=args.force)
+    build(args.output, args.output_mm, args.sample_dir, force=args.force, pretrain_steps=args.pretrain_steps)
 
 
 if __name__ == "__main__":

@@ -101,20 +101,6 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         lora_dropout=0.0,
         build_command="python -m script.make_tiny_model",
     ),
-    # The same tiny text model wrapped as Gemma3ForConditionalGeneration with a tiny vision tower:
-    # exercises the code path of the multimodal MedGemma-4B-it without its weights.
-    "tiny-mm": ModelConfig(
-        name="tiny-mm",
-        path=str(TINY_MM_MODEL_DIR),
-        lora_r=16,
-        lora_alpha=32,
-        batch=8,
-        grad_accum=1,
-        lr=2e-3,
-        max_length=256,
-        lora_dropout=0.0,
-        build_command="python -m script.make_tiny_model",
-    ),
     "medgemma-4b": ModelConfig(
         name="medgemma-4b",
         path="google/medgemma-4b-it",
@@ -136,6 +122,10 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         max_length=512,
     ),
 }
+
+# The same tiny language model wrapped as Gemma3ForConditionalGeneration with a tiny vision tower:
+# exercises the code path of the multimodal MedGemma-4B-it without its weights.
+MODEL_CONFIGS["tiny-mm"] = dataclasses.replace(MODEL_CONFIGS["tiny"], name="tiny-mm", path=str(TINY_MM_MODEL_DIR))
 
 MEMORY_CONFIGS: dict[str, MemoryConfig] = {
     "tiny": MemoryConfig(use_gradient_checkpointing=False, train_embeddings=True),

@@ -21,10 +21,8 @@ import json
 import logging
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
-from script.data_io import atomic_write_json, atomic_write_text, count_lines, sha256_file
+from script.data_io import atomic_write_dir, atomic_write_json, atomic_write_text, count_lines, sha256_file
 from script.training_config import (
     DEFAULT_MODEL,
     EMBEDDING_MODULES,
@@ -672,6 +670,16 @@ def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=
                  *callbacks]
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
+    if run.quantization != "none":
+        # TRL casts the trainable weights of a quantized model to bf16 (the QLoRA recipe). With fp32
+        # compute (CPU) that mixes dtypes and the saved adapter no longer matches its base on reload,
+        # so trainable weights follow the run's compute dtype (a no-op for bf16 on CUDA).
+        import torch
+
+        dtype = getattr(torch, run.dtype)
+        for param in trainer.model.parameters():
+            if param.requires_grad and param.dtype != dtype:
+                param.data = param.data.to(dtype)
     for callback in callbacks:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer
@@ -725,20 +733,12 @@ def peak_memory_bytes(device: str) -> int | None:
 
 def save_final(model, tokenizer, output_dir: Path) -> Path:
     """``final/`` = adapter + tokenizer, written to a temp dir and renamed into place."""
-    final = output_dir / "final"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=output_dir, prefix=".final."))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+
+    return atomic_write_dir(output_dir / "final", save)
 
 
 def write_training_info(run: RunConfig, info: dict) -> dict:

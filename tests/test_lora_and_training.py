@@ -1,0 +1,205 @@
+"""LoRA configuration, a few real training steps on tiny, adapter save/reload, 8-bit and multimodal paths.
+
+    python -m pytest tests/test_lora_and_training.py -q
+"""
+
+import json
+
+import pytest
+import torch
+from peft import PeftModel
+
+from script import formats
+from script.data_io import atomic_write_jsonl, iter_jsonl
+from script.training_config import LORA_TARGET_MODULES, SAMPLE_DATA_DIR
+from script.training_utils import (
+    attach_lora,
+    build_arg_parser,
+    build_trainer,
+    create_lora_config,
+    load_adapter,
+    load_base_model,
+    load_model_and_tokenizer,
+    lora_target_modules,
+    save_final,
+    start_run,
+    to_sft_dataset,
+    trainable_parameters,
+)
+
+
+def make_run(tmp_path, *flags):
+    args = build_arg_parser(None).parse_args(["--model", "tiny", "--output", str(tmp_path / "out"), *flags])
+    return start_run(args, stage="test", script="test")
+
+
+@pytest.fixture(scope="module")
+def type1_records():
+    """Type-1 records rendered from the sample Asan-AMC-Healthinfo rows (instruction/input/output)."""
+    source = next((SAMPLE_DATA_DIR / "ChuGyouk" / "Asan-AMC-Healthinfo").rglob("*.jsonl"))
+    records = []
+    for line, row in iter_jsonl(source):
+        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
+        records.append({"id": f"asan-{line}", "source": "asan", "type": formats.TYPE1_TEXT,
+                        "messages": formats.type_messages(formats.TYPE1_TEXT, user, row["output"])})
+    return records
+
+
+def lora_module_names(model):
+    return {name for name, _ in model.named_modules() if name.endswith(".lora_A")}
+
+
+def test_lora_hits_all_seven_projections_and_embeddings_only_when_asked(tiny_models):
+    base = load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32)
+    n_layers = base.config.num_hidden_layers
+    model = PeftModel(base, create_lora_config(8, 16, target_modules=lora_target_modules(base)))
+    names = lora_module_names(model)
+    assert len(names) == 7 * n_layers
+    assert {n.split(".")[-2] for n in names} == set(LORA_TARGET_MODULES)
+    assert not any("embed_tokens" in n or "lm_head" in n for n, p in model.named_parameters() if p.requires_grad)
+
+    base = load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32)
+    embed_rows, hidden = base.get_input_embeddings().weight.shape
+    lora_only = trainable_parameters(model)[0]
+    model = PeftModel(base, create_lora_config(8, 16, target_modules=lora_target_modules(base),
+                                               include_embeddings=True))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert any("embed_tokens" in n for n in trainable)
+    # Tied embeddings/lm_head are trained as one matrix, not two diverging copies.
+    assert trainable_parameters(model)[0] == lora_only + embed_rows * hidden
+
+
+def test_multimodal_lora_stays_out_of_the_vision_tower(tiny_models):
+    base = load_base_model(str(tiny_models["tiny-mm"]), "cpu", torch.float32)
+    model = PeftModel(base, create_lora_config(8, 16, target_modules=lora_target_modules(base)))
+    names = lora_module_names(model)
+    assert names and all("language_model" in n for n in names)
+    assert len(names) == 7 * base.config.text_config.num_hidden_layers
+    assert not any(p.requires_grad for n, p in model.named_parameters() if "vision_tower" in n)
+
+
+def test_training_steps_lower_loss_change_only_lora_and_adapter_reloads(tiny_models, type1_records, tmp_path):
+    run = make_run(tmp_path, "--max-steps", "8", "--batch-size", "8")
+    model, tokenizer = load_model_and_tokenizer(run)
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model = attach_lora(model, run)
+    lora_before = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(type1_records[:64]), save_strategy="no")
+    trainer.train()
+
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 8 and all(map(lambda x: x == x, losses))  # finite
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+
+    params = dict(model.named_parameters())
+    for name, before in base_before.items():
+        peft_name = "base_model.model." + name.replace(".weight", ".base_layer.weight") \
+            if any(name.endswith(f"{m}.weight") for m in LORA_TARGET_MODULES) else "base_model.model." + name
+        assert torch.equal(params[peft_name].detach(), before), f"base weight changed: {name}"
+    assert any(not torch.equal(params[n].detach(), b) for n, b in lora_before.items())
+
+    final = save_final(model, tokenizer, run.output_dir)
+    assert (final / "adapter_model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+    batch = tokenizer(["당뇨병 환자의 식이요법은?"], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    reloaded = load_adapter(load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32), final)
+    assert trainable_parameters(reloaded)[0] > 0  # is_trainable=True
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, expected, atol=1e-5)
+
+
+def test_completion_only_loss_masks_the_prompt(tiny_models, type1_records, tmp_path):
+    run = make_run(tmp_path, "--max-steps", "1")
+    model, tokenizer = load_model_and_tokenizer(run)
+    trainer = build_trainer(run, attach_lora(model, run), tokenizer, to_sft_dataset(type1_records[:4]),
+                            save_strategy="no")
+    example = trainer.train_dataset[0]
+    prompt = formats.render_prompt(tokenizer, type1_records[0]["messages"][:-1])
+    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    labels, input_ids = example["labels"], example["input_ids"]
+    assert labels[:n_prompt] == [-100] * n_prompt  # no loss on system/user turns
+    assert labels[n_prompt:] == input_ids[n_prompt:]
+    completion = tokenizer.decode(input_ids[n_prompt:])
+    assert completion.endswith(formats.END_OF_TURN + "\n")  # the model learns to stop
+
+
+def test_eight_bit_path_trains_and_reloads_with_same_logits(tiny_models, type1_records, tmp_path):
+    run = make_run(tmp_path, "--max-steps", "3", "--quantization", "8bit")
+    run.train_embeddings = True  # embeddings in modules_to_save on a quantized base: the guide's fix
+    model, tokenizer = load_model_and_tokenizer(run)
+    assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
+    model = attach_lora(model, run)
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(type1_records[:24]), save_strategy="no")
+    trainer.train()
+    final = save_final(model, tokenizer, run.output_dir)
+    batch = tokenizer(["고혈압의 치료는?"], return_tensors="pt")
+    model.eval()
+    with torch.no_grad():
+        expected = model(**batch).logits
+    base = load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32, quantization="8bit")
+    reloaded = load_adapter(base, final)
+    reloaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(reloaded(**batch).logits, expected, atol=1e-4)
+    saved = json.loads((final / "adapter_config.json").read_text())
+    # lm_head is tied to embed_tokens, so PEFT keeps one trainable matrix for both.
+    assert {name.split(".")[-1] for name in saved["modules_to_save"]} == {"embed_tokens"}
+    assert saved["ensure_weight_tying"] is True
+
+
+def test_multimodal_model_trains_on_text_only_data(tiny_models, type1_records, tmp_path):
+    args = build_arg_parser(None).parse_args(["--model", "tiny-mm", "--output", str(tmp_path / "mm"),
+                                              "--max-steps", "3"])
+    run = start_run(args, stage="test", script="test")
+    model, tokenizer = load_model_and_tokenizer(run)
+    vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if "vision_tower" in n}
+    model = attach_lora(model, run)
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(type1_records[:24]), save_strategy="no")
+    trainer.train()
+    params = {n.replace("base_model.model.", ""): p for n, p in model.named_parameters()}
+    assert all(torch.equal(params[n].detach(), b) for n, b in vision_before.items())
+    assert trainer.state.global_step == 3
+
+
+def test_train_type1_text_end_to_end(tiny_models, type1_records, tmp_path):
+    from script.train import train_type1_text
+
+    data_dir = tmp_path / "type1_text"
+    atomic_write_jsonl(data_dir / "train.jsonl", type1_records[:48])
+    atomic_write_jsonl(data_dir / "validation.jsonl", type1_records[48:56])
+    out = tmp_path / "run"
+    info = train_type1_text.main(["--data-dir", str(data_dir), "--output", str(out), "--epochs", "2",
+                                  "--eval-samples", "8"])
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert (out / "README.md").is_file() and list(out.glob("checkpoint-*"))
+    saved = json.loads((out / "training_info.json").read_text(encoding="utf-8"))
+    assert saved == json.loads(json.dumps(info))
+    for key in ("script", "model", "base_model", "epochs", "train_samples", "validation_samples", "config",
+                "git_sha", "data_files", "metrics", "versions", "target"):
+        assert key in saved, key
+    assert saved["train_samples"] == 48 and saved["data_files"][0]["rows"] == 48
+    assert len(saved["data_files"][0]["sha256"]) == 64
+    metrics = saved["metrics"]
+    assert metrics["validation_perplexity"] < metrics["validation_perplexity_before"]
+    assert saved["target"]["metric"] == "validation_perplexity"
+    # The final adapter reloads trainable on top of the registry's base model.
+    reloaded = load_adapter(load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32), out / "final")
+    assert trainable_parameters(reloaded)[0] > 0
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_models, type1_records, tmp_path):
+    from script.train import train_type1_text
+
+    data_dir = tmp_path / "type1_text"
+    atomic_write_jsonl(data_dir / "train.jsonl", type1_records[:32])
+    atomic_write_jsonl(data_dir / "validation.jsonl", type1_records[32:36])
+    out = tmp_path / "run"
+    common = ["--data-dir", str(data_dir), "--output", str(out), "--save-steps", "2", "--eval-samples", "4"]
+    first = train_type1_text.main([*common, "--max-steps", "4"])
+    assert first["metrics"]["global_step"] == 4 and first["resumed_from"] is None
+    second = train_type1_text.main([*common, "--max-steps", "6", "--resume"])
+    assert second["resumed_from"].endswith("checkpoint-4")
+    assert second["metrics"]["global_step"] == 6
