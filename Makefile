@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model pipeline test logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline test bench bench-data bench-eval logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
@@ -29,11 +29,22 @@ setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
 tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
 	$(PY) -m script.make_tiny_model
 
-pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1 to detach
-	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background)
+data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items
+	PYTHON=$(PY) bash $(PIPELINE) --data-only
+
+pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1 to detach; EPOCHS=N
+	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(EPOCHS),--epochs $(EPOCHS))
 
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
+
+bench: bench-data bench-eval  ## every benchmark; each prints one JSON object
+
+bench-data: setup  ## refine + verify + exclusion at the guide's scale (~184K records), plain-text memory
+	$(PY) -m script.bench_data
+
+bench-eval: setup  ## KorMedMCQA scoring: per-question generate vs batched letter mode
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench_eval
 
 logs: setup  ## follow the pipeline log of MODEL
 	tail -n 50 -F logs/pipeline_$(MODEL).log

@@ -106,6 +106,8 @@ def _sample_files(sample_dir: Path, only: Sequence[str] | None = None) -> list[P
 def sample_corpus(sample_dir: Path = SAMPLE_DATA_DIR, only: Sequence[str] | None = None) -> Iterator[str]:
     """Text fields of the shipped sample data in a stable order (evaluation datasets left out)."""
     if only is None:
+        # Role names of the chat template, so "user"/"model" are whole pieces like in Gemma's vocabulary.
+        yield from ["user model"] * 50
         yield from formats.SYSTEM_PROMPTS.values()
         yield formats.MCQ_REASONING_INSTRUCTION
         yield formats.MCQ_DETAILED_FORMAT
@@ -119,7 +121,12 @@ def train_tokenizer(corpus: Iterator[str], vocab_size: int = VOCAB_SIZE):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     reserved = len(SPECIAL_TOKENS) + len(BYTE_TOKENS)
-    pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True)
+    # Newlines are pieces of their own, so a turn's first token never fuses with the "\n" that ends
+    # "<start_of_turn>model\n": the prompt is then always a token prefix of prompt + answer.
+    pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="never", split=True),
+    ])
 
     learner = Tokenizer(models.BPE())
     learner.pre_tokenizer = pre_tokenizer
@@ -213,6 +220,46 @@ def build_text_model(tokenizer):
     return model
 
 
+def pretraining_texts(tokenizer, sample_dir: Path = SAMPLE_DATA_DIR) -> list[str]:
+    """The tiny base's pretraining mix, built from the plain-text corpora only.
+
+    MedGemma-it arrives knowing its chat markers and how to answer a multiple-choice question with
+    a letter; a base that has never seen ``<end_of_turn>`` or an answer letter cannot learn to emit
+    them through LoRA alone (its embeddings are frozen). So besides the raw documents the mix has
+    each document as a chat turn and, for the everyday (non-medical) documents with titles, a
+    "which title fits" question answered with a letter. No medical question is asked here: what
+    the medical MCQs test is learnt only from the fine-tuning sources.
+    """
+    import random
+
+    from script.sample_knowledge import CONDITIONS
+
+    rng = random.Random(SEED)
+    medical_titles = {c.ko for c in CONDITIONS}
+    docs = [record for path in _sample_files(sample_dir, PRETRAIN_DATASETS) for _, record in iter_jsonl(path)]
+    titled = [d for d in docs if d.get("title") and d["title"] not in medical_titles]
+    all_titles = sorted({d["title"] for d in titled})
+    texts = []
+    for doc in docs:
+        text = doc["text"].strip()
+        texts.append(text)
+        head, _, rest = text.partition(". ")
+        if rest:
+            texts.append(formats.render_conversation(tokenizer, formats.build_messages(
+                None, f"다음 글을 이어서 쓰세요: {head}.", rest)))
+    for doc in titled:
+        distractors = rng.sample([t for t in all_titles if t != doc["title"]], k=min(4, len(all_titles) - 1))
+        choices = distractors + [doc["title"]]
+        rng.shuffle(choices)
+        options = dict(zip(formats.OPTION_LETTERS, choices))
+        answer = formats.OPTION_LETTERS[choices.index(doc["title"])]
+        question = f"다음 글의 제목으로 알맞은 것은?\n{doc['text'].strip()[:150]}"
+        texts.append(formats.render_conversation(tokenizer, formats.type_messages(
+            formats.TYPE3_WORD, formats.format_mcq(question, options), answer)))
+    rng.shuffle(texts)
+    return texts
+
+
 def pretrain(model, tokenizer, texts: Sequence[str], steps: int = PRETRAIN_STEPS) -> list[float]:
     """Full-parameter causal-LM training on packed ``texts``; returns the loss per step.
 
@@ -224,8 +271,9 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int = PRETRAIN_STEPS
     if steps <= 0:
         return []
     ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    for text in texts:  # rendered conversations carry their own <bos>
+        ids += tokenizer(text, add_special_tokens=not text.startswith(tokenizer.bos_token))["input_ids"]
+        ids.append(tokenizer.eos_token_id)
     chunks = [ids[i : i + PRETRAIN_SEQ_LEN] for i in range(0, len(ids) - PRETRAIN_SEQ_LEN + 1, PRETRAIN_SEQ_LEN)]
     if not chunks:
         raise ValueError("pretraining corpus is empty")
@@ -282,7 +330,7 @@ def build(out_text: Path, out_mm: Path, sample_dir: Path, force: bool = False,
     logger.info("training the Korean tokenizer on %s", sample_dir)
     tokenizer = wrap_tokenizer(train_tokenizer(sample_corpus(sample_dir)))
     text_model = build_text_model(tokenizer)
-    pretrain(text_model, tokenizer, list(sample_corpus(sample_dir, only=PRETRAIN_DATASETS)), pretrain_steps)
+    pretrain(text_model, tokenizer, pretraining_texts(tokenizer, sample_dir), pretrain_steps)
     mm_model = build_multimodal_model(tokenizer, text_model)
     for out, model in ((out_text, text_model), (out_mm, mm_model)):
         def save(tmp: Path, model=model) -> None:

@@ -2,7 +2,8 @@
 # Run the whole pipeline for one model, in the foreground or in the background.
 #
 #   script/run_full_pipeline.sh --model tiny                  # foreground (make pipeline)
-#   script/run_full_pipeline.sh --model medgemma-4b --background
+#   script/run_full_pipeline.sh --model medgemma-4b --background [--epochs N] [--max-samples N] [--force]
+#   script/run_full_pipeline.sh --data-only                   # data stages only (make data)
 #   script/run_full_pipeline.sh --model medgemma-4b --status  # progress file + pid state
 #   script/run_full_pipeline.sh --model medgemma-4b --stop    # stop it and its children
 #
@@ -21,18 +22,20 @@ MODEL="${MODEL:-tiny}"
 ACTION=run
 BACKGROUND=0
 FORCE=0
-EPOCHS_TYPE1="${EPOCHS_TYPE1:-}"
+DATA_ONLY=0
+EPOCHS="${EPOCHS:-}"  # epochs of every training stage (default: each script's own)
 MAX_SAMPLES="${MAX_SAMPLES:-}"
 
-usage() { sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
     --background) BACKGROUND=1; shift ;;
-    --epochs-type1) EPOCHS_TYPE1="$2"; shift 2 ;;
+    --epochs) EPOCHS="$2"; shift 2 ;;
     --max-samples) MAX_SAMPLES="$2"; shift 2 ;;
     --force) FORCE=1; shift ;;
+    --data-only) DATA_ONLY=1; shift ;;
     --status) ACTION=status; shift ;;
     --stop) ACTION=stop; shift ;;
     --foreground-child) ACTION=child; shift ;;
@@ -78,9 +81,10 @@ esac
 if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   if pid="$(running_pid)"; then echo "a pipeline for $MODEL is already running (pid $pid); make stop MODEL=$MODEL first" >&2; exit 1; fi
   args=(--model "$MODEL" --foreground-child)
-  [ -n "$EPOCHS_TYPE1" ] && args+=(--epochs-type1 "$EPOCHS_TYPE1")
+  [ -n "$EPOCHS" ] && args+=(--epochs "$EPOCHS")
   [ -n "$MAX_SAMPLES" ] && args+=(--max-samples "$MAX_SAMPLES")
   [ "$FORCE" = 1 ] && args+=(--force)
+  [ "$DATA_ONLY" = 1 ] && args+=(--data-only)
   # setsid: the pipeline gets its own process group, so --stop can end it and all its children.
   setsid bash "${BASH_SOURCE[0]}" "${args[@]}" >>"$LOG_FILE" 2>&1 < /dev/null &
   for _ in $(seq 1 20); do [ -f "$PID_FILE" ] && break; sleep 0.5; done
@@ -110,23 +114,36 @@ case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASET
 # Stages: name | command. A stage is listed only when its script exists in this checkout.
 STAGES=()
 add_stage() { local file="$1"; shift; [ -e "$ROOT/$file" ] && STAGES+=("$*"); return 0; }
-case "$MODEL" in tiny|tiny-*) add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model" ;; esac
+[ "$DATA_ONLY" = 0 ] && case "$MODEL" in tiny|tiny-*) add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model" ;; esac
 if [ "$OFFLINE_DATA" = 1 ]; then
   add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample"
 else
   add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets"
 fi
 add_stage refine_scripts/refine_4types.py "refine|$PYTHON -m refine_scripts.refine_4types"
+add_stage refine_scripts/refine_plain_text.py "refine_plain_text|$PYTHON -m refine_scripts.refine_plain_text"
+add_stage refine_scripts/refine_dictionaries.py "refine_dictionaries|$PYTHON -m refine_scripts.refine_dictionaries"
+add_stage refine_scripts/refine_kor_med_test.py "refine_kor_med_test|$PYTHON -m refine_scripts.refine_kor_med_test"
 add_stage refine_scripts/verify_formats.py "verify|$PYTHON -m refine_scripts.verify_formats"
 add_stage script/run_test_exclusion.sh "test_exclusion|PYTHON=$PYTHON bash $ROOT/script/run_test_exclusion.sh"
-type1_args="--model $MODEL --resume"
-[ -n "$EPOCHS_TYPE1" ] && type1_args+=" --epochs $EPOCHS_TYPE1"
-[ -n "$MAX_SAMPLES" ] && type1_args+=" --max-samples $MAX_SAMPLES"
-add_stage script/train/train_type1_text.py "train_type1_text|$PYTHON -m script.train.train_type1_text $type1_args"
+add_stage script/validate_korean_proficiency.py "korean_proficiency|$PYTHON -m script.validate_korean_proficiency --all"
 
-stage_done() {  # a training stage is done when its run record exists
+# Training in the guide's recommended order; each type continues the previous type's adapter.
+train_args="--model $MODEL --resume"
+[ -n "$MAX_SAMPLES" ] && train_args+=" --max-samples $MAX_SAMPLES"
+[ -n "$EPOCHS" ] && train_args+=" --epochs $EPOCHS"
+previous=""
+[ "$DATA_ONLY" = 1 ] && TRAIN_TYPES="" || TRAIN_TYPES="type1_text type2_text_reasoning type3_word"
+for type in $TRAIN_TYPES; do
+  args="$train_args"
+  [ -n "$previous" ] && args+=" --base-model $HOME_DIR/model/$previous/$MODEL/final"
+  add_stage "script/train/train_${type}.py" "train_${type}|$PYTHON -m script.train.train_${type} $args"
+  [ -e "$ROOT/script/train/train_${type}.py" ] && previous="$type"
+done
+
+stage_done() {  # a training stage is done when its run record exists; data stages always rerun
   case "$1" in
-    train_type1_text) [ -f "$HOME_DIR/model/type1_text/$MODEL/training_info.json" ] ;;
+    train_*) [ -f "$HOME_DIR/model/${1#train_}/$MODEL/training_info.json" ] ;;
     *) return 1 ;;
   esac
 }

@@ -846,3 +846,48 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
                     "met" if info["target"]["met"] else "not met")
     info.update(extra_info or {})
     return write_training_info(run, info)
+
+
+# ---------------------------------------------------------------------------
+# One refined type, end to end: the body of train_type{1,2,3,4}_*.py
+# ---------------------------------------------------------------------------
+TypeMetric = Callable[[Any, Any, list[dict], RunConfig], dict]
+
+
+def train_refined_type(type_name: str, description: str, metric: TypeMetric, argv: list[str] | None = None,
+                       script: str | None = None) -> dict:
+    """Train a LoRA adapter on ``<data-dir>/{train,validation}.jsonl`` of one refined type.
+
+    ``metric(model, tokenizer, validation_records, run) -> {"validation_<name>": value, ...}`` is
+    the guide's target metric of the type (formats.TYPE_TARGETS); it runs before and after
+    training, and whether the target was met is recorded in training_info.json.
+    """
+    from script.training_config import CLEAN_DIR
+
+    parser = build_arg_parser(description, epochs=3)
+    parser.add_argument("--data-dir", type=Path, default=CLEAN_DIR / type_name,
+                        help="dir with train.jsonl and validation.jsonl (default: %(default)s)")
+    args = parser.parse_args(argv)
+    run = start_run(args, stage=type_name, script=script or f"train_{type_name}")
+
+    train_file, val_file = args.data_dir / "train.jsonl", args.data_dir / "validation.jsonl"
+    train_records = load_split_records(train_file, run.max_samples, run.seed)
+    val_records = load_split_records(val_file, run.eval_samples if run.eval_samples > 0 else None, run.seed)
+    logger.info("train: %d records, validation: %d records", len(train_records), len(val_records))
+
+    model, tokenizer = load_model_and_tokenizer(run)
+    model = attach_lora(model, run)
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(train_records))
+    name, op, value = formats.TYPE_TARGETS[type_name]
+    return train_and_save(
+        run, trainer, tokenizer,
+        extra_info={
+            "type": type_name,
+            "train_samples": len(train_records),
+            "validation_samples": len(val_records),
+            "data_files": [describe_data_file(train_file), describe_data_file(val_file)],
+        },
+        evaluate=lambda trained: metric(trained, tokenizer, val_records, run),
+        target=(f"validation_{name}", op, value),
+    )
+
