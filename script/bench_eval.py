@@ -1,0 +1,122 @@
+"""Benchmark: naive per-question generation versus letter mode, on the same questions, in one run.
+
+    python -m script.bench_eval                       # tiny, the guide's 604 set
+    python -m script.bench_eval --model tiny --n 604 --device cpu
+    python -m script.bench_eval --model medgemma-4b --n 200 --device cuda
+
+The naive way is what the guide's validation did: one ``generate`` call per question (greedy,
+``--max-new-tokens``), then parse the letter from the text -- here with the project's
+``extract_answer``, so an unparseable output is wrong and counted, never guessed. Letter mode is
+``score_mcq_letter_mode``: one forward pass per left-padded batch, option-letter logits at the
+answer position. Both see the same type-3 prompt.
+
+Items: the guide604 set file (``data/kormedmcqa_test/guide604.jsonl``) when it exists, else the same
+set built from the shipped sample mirror (data/sample). ``--n`` takes a seeded subset.
+
+Prints ONE JSON object: seconds and questions/s of each way, the speed ratio, the accuracy of each
+and their agreement on the questions where the naive output parses. No timing is asserted anywhere;
+logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from script.training_config import DEFAULT_MODEL
+
+logger = logging.getLogger("bench_eval")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
+                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--n", type=int, default=604, help="questions (seeded subset; default %(default)s)")
+    parser.add_argument("--batch-size", type=int, default=16, help="letter-mode batch (default %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=8, help="naive generation budget (default %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the subset draw")
+    return parser.parse_args(argv)
+
+
+def load_guide604(n: int, seed: int) -> tuple[list[dict], str]:
+    """The guide604 items (set file, else built from the sample mirror) and where they came from."""
+    from script import kormedmcqa
+    from script.data_io import DataError
+    from script.evaluation import load_eval_items, select_eval_subset
+    from script.training_config import SAMPLE_DATA_DIR
+
+    try:
+        return load_eval_items("guide604", n, seed), "guide604.jsonl"
+    except DataError:
+        source = kormedmcqa.ItemSource(from_dir=SAMPLE_DATA_DIR)
+        items = [item for config, split in kormedmcqa.SET_SPLITS[kormedmcqa.GUIDE604]
+                 for item in source.items(config, split)]
+        return select_eval_subset(items, n, seed), f"guide604 from {source.description}"
+
+
+def naive_generate(model, tokenizer, items: list[dict], max_new_tokens: int) -> list[dict]:
+    """One generate call per question, unbatched, as the guide's validation loop did."""
+    from script.evaluation import PROMPT_TYPE3, encode_prompt, extract_answer, generate_texts, render_mcq_prompt
+
+    predictions = []
+    for item in items:
+        ids = encode_prompt(tokenizer, render_mcq_prompt(tokenizer, item, PROMPT_TYPE3), PROMPT_TYPE3)
+        text = generate_texts(model, tokenizer, [ids], max_new_tokens, batch_size=1)[0]["text"]
+        letter = extract_answer(text, item["options"], PROMPT_TYPE3)
+        predictions.append({"prediction": letter, "correct": letter is not None and letter == item["answer"]})
+    return predictions
+
+
+def summarise(predictions: list[dict], seconds: float) -> dict:
+    n = len(predictions)
+    correct = sum(p["correct"] for p in predictions)
+    return {"seconds": round(seconds, 3), "questions_per_s": round(n / seconds, 3) if seconds else None,
+            "accuracy": round(correct / n, 4) if n else None, "correct": correct,
+            "unparseable": sum(p["prediction"] is None for p in predictions)}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    args = parse_args(argv)
+    from script.evaluation import load_model_for_eval, score_mcq_letter_mode
+
+    items, source = load_guide604(args.n, args.seed)
+    loaded = load_model_for_eval(args.model, device=args.device)
+    model, tokenizer = loaded.model, loaded.tokenizer
+    score_mcq_letter_mode(model, tokenizer, items[:2], args.batch_size)  # warm-up: first-call costs out of both
+
+    started = time.perf_counter()
+    naive = naive_generate(model, tokenizer, items, args.max_new_tokens)
+    naive_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    letter = score_mcq_letter_mode(model, tokenizer, items, args.batch_size)
+    letter_seconds = time.perf_counter() - started
+
+    parsed = [(a, b) for a, b in zip(naive, letter) if a["prediction"] is not None]
+    agree = sum(a["prediction"] == b["prediction"] for a, b in parsed)
+    result = {
+        "bench": "eval: naive per-question generate vs letter mode",
+        "model": loaded.info["name"],
+        "device": loaded.info["device"],
+        "items": len(items),
+        "source": source,
+        "naive_generate": {**summarise(naive, naive_seconds), "max_new_tokens": args.max_new_tokens},
+        "letter_mode": {**summarise(letter, letter_seconds), "batch_size": args.batch_size},
+        "speed_ratio_letter_over_naive": round(naive_seconds / letter_seconds, 2) if letter_seconds else None,
+        "agreement_where_naive_parses": {"parsed": len(parsed), "agree": agree,
+                                         "rate": round(agree / len(parsed), 4) if parsed else None},
+    }
+    print(json.dumps(result, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

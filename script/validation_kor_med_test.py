@@ -1,0 +1,341 @@
+"""Validate a model on KorMedMCQA (or KMMLU-medical): accuracy beside chance, per subject, per item.
+
+    python -m script.validation_kor_med_test --model tiny --eval-samples 20
+    python -m script.validation_kor_med_test --model model/type3_word/medgemma-4b/final --split test
+    python -m script.validation_kor_med_test --model medgemma-4b --adapter A --adapter B --split guide604
+    python -m script.validation_kor_med_test --model medgemma-27b --mode generate --prompt lm_eval
+    python -m script.validation_kor_med_test --model tiny --kmmlu --from-dir data/sample
+
+What is evaluated (one of):
+
+* ``--split guide604`` (default; the guide's 604 items: doctor dev + test + fewshot), ``test`` (the
+  official test split of all four configs), ``steer`` (the held-out train slice loops steer on),
+  ``all``: set files written by ``python -m script.extract_kormedmcqa_test --set all`` into
+  ``--sets-dir`` (default data/kormedmcqa_test);
+* ``--split dev``: the upstream dev split of all four configs, read from the raw dir
+  (data/raw/by_source/kormedmcqa) or a hub mirror (``--from-dir``);
+* ``--data FILE``: any JSONL of items (set files, refined type-3 records) or upstream rows;
+* ``--kmmlu``: the KMMLU-medical subset (script/sources.py KMMLU_MEDICAL_SUBJECTS; KMMLU has no
+  medicine subject), 4 options, answers 1-4, from data/raw/by_source/kmmlu/<subject>/test.jsonl
+  or a hub mirror (``--from-dir``); with ``--data FILE`` that file is read as KMMLU rows.
+
+Rows without a question, with a missing/empty option or an answer out of range are reported as
+``path:line: reason`` and skipped with a count: never a crash, never counted correct.
+
+How it is scored (``--mode``):
+
+* ``letter`` (default): one forward pass per left-padded batch, the logits of the option letters at
+  the answer position, argmax over the item's own options; the type-3 prompt of formats.py.
+* ``generate``: batched greedy generation, stopped at <end_of_turn>/<eos> or ``--max-new-tokens``,
+  in the ``--prompt`` style: ``type3`` (letter only), ``type4`` (``<R>…<R/>`` then the answer),
+  ``train02`` (``<reasoning>…</reasoning>`` then the letter) or ``lm_eval`` (the harness's
+  kormedmcqa template, no chat template: for cross-checks). Answers are read by
+  ``evaluation.extract_answer``; unparseable outputs are wrong, counted and listed.
+
+Model: ``--model`` is a registry name, a model dir or an adapter dir (loaded on the base model its
+adapter_config.json names). ``--adapter`` (repeatable) applies adapters in order: all but the last
+are merged into the weights, the last stays a PEFT adapter (same function as stacking them).
+
+Output: a JSON report (atomic write; default logs/eval/<set>_<model>_<mode>.json) with every
+item's prediction, a PNG bar chart beside it (per-subject accuracy, dashed chance lines) and a
+markdown table on stdout. Exit status 0 on success, 1 when no item could be evaluated, 2 on a
+configuration or data error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from script.data_io import DataError, atomic_open, atomic_write_json
+from script.evaluation import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SUBSET_SEED,
+    PROMPT_STYLES,
+    PROMPT_TYPE3,
+    EvalSet,
+    mcq_accuracy,
+    read_eval_set,
+    read_items_file,
+    read_kmmlu,
+    read_kormedmcqa_split,
+    render_mcq_prompt,
+    select_eval_subset,
+)
+from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
+
+logger = logging.getLogger("validation_kor_med_test")
+
+SPLITS = ("guide604", "test", "official", "steer", "dev", "all")
+MODES = ("letter", "generate")
+REPORT_VERSION = 1
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
+                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
+                        help="LoRA adapter to apply; repeat for a chain (earlier ones are merged in order)")
+    what = parser.add_mutually_exclusive_group()
+    what.add_argument("--split", choices=SPLITS, default=None,
+                      help="evaluation set (default guide604; test = official test split of all configs)")
+    what.add_argument("--data", type=Path, default=None, help="JSONL file of items or upstream rows")
+    parser.add_argument("--kmmlu", action="store_true", help="evaluate KMMLU-medical instead of KorMedMCQA")
+    parser.add_argument("--sets-dir", type=Path, default=KORMEDMCQA_TEST_DIR,
+                        help="where the set files are (default: %(default)s)")
+    parser.add_argument("--raw-dir", type=Path, default=RAW_DIR,
+                        help="download_all_datasets.py output, for --split dev and --kmmlu (default: %(default)s)")
+    parser.add_argument("--from-dir", type=Path, default=None,
+                        help="local hub mirror root (e.g. data/sample) for --split dev and --kmmlu")
+    parser.add_argument("--mode", choices=MODES, default="letter", help="letter logits or generation (default letter)")
+    parser.add_argument("--prompt", choices=PROMPT_STYLES, default=PROMPT_TYPE3,
+                        help="prompt style of generate mode (letter mode always uses type3)")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"generate mode budget (default per prompt: {DEFAULT_MAX_NEW_TOKENS})")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 (letter) / 8 (generate)")
+    parser.add_argument("--eval-samples", type=int, default=None, metavar="N",
+                        help="evaluate a seeded subset of N items (the same N gives the same items)")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SUBSET_SEED, help="seed of the subset draw")
+    parser.add_argument("--output", type=Path, default=None, help="report JSON (default logs/eval/<set>_<model>_<mode>.json)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    parser.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
+                        help="load the base in 8/4 bit (bitsandbytes) to fit a small card (default none)")
+    parser.add_argument("--attn", choices=("eager", "sdpa"), default="eager", help="attention implementation")
+    parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    args = parser.parse_args(argv)
+    if args.mode == "letter" and args.prompt != PROMPT_TYPE3:
+        parser.error("--prompt applies to --mode generate; letter mode scores the type3 prompt")
+    if args.kmmlu and args.split is not None:
+        parser.error("--kmmlu reads the KMMLU-medical test split; --split is for KorMedMCQA")
+    if args.eval_samples is not None and args.eval_samples <= 0:
+        parser.error("--eval-samples must be positive")
+    if args.batch_size is not None and args.batch_size <= 0:
+        parser.error("--batch-size must be positive")
+    return args
+
+
+# ---------------------------------------------------------------------------
+# Items
+# ---------------------------------------------------------------------------
+def load_items(args: argparse.Namespace) -> EvalSet:
+    """The evaluation set the flags name (see the module docstring)."""
+    if args.data is not None:
+        return read_items_file(args.data, "kmmlu" if args.kmmlu else "kormedmcqa")
+    if args.kmmlu:
+        return read_kmmlu(raw_dir=args.raw_dir, from_dir=args.from_dir)
+    split = args.split or "guide604"
+    if split == "dev":
+        raw = None if args.from_dir is not None else args.raw_dir / "by_source" / "kormedmcqa"
+        return read_kormedmcqa_split("dev", raw_dir=raw, from_dir=args.from_dir)
+    return read_eval_set(split, args.sets_dir)
+
+
+# ---------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "model"
+
+
+def model_tag(model_info: dict) -> str:
+    """Short name for file names: the registry/model name, plus the last adapter's last 3 parts."""
+    tag = slug(model_info["name"])
+    if model_info["adapters"]:
+        tag += "_" + slug("-".join(Path(model_info["adapters"][-1]).resolve().parts[-3:]))
+    return tag
+
+
+def default_output(set_name: str, model_info: dict, mode: str, prompt: str) -> Path:
+    suffix = f"_{prompt}" if mode == "generate" else ""
+    return LOG_DIR / "eval" / f"{slug(set_name)}_{model_tag(model_info)}_{mode}{suffix}.json"
+
+
+def item_row(item: dict, prediction: dict) -> dict:
+    row = {"id": item["id"], "subject": item.get("config"), "prediction": prediction["prediction"],
+           "gold": prediction["gold"], "correct": bool(prediction["correct"])}
+    for key in ("letter_logprobs", "raw_output", "stopped", "new_tokens"):
+        if key in prediction:
+            row[key] = prediction[key]
+    return row
+
+
+def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], predictions: list[dict],
+                 model_info: dict, prompt_example: str, timing: dict) -> dict:
+    from script.training_utils import git_sha, library_versions
+
+    summary = mcq_accuracy(items, predictions)
+    single = evalset.files[0] if len(evalset.files) == 1 else None
+    return {
+        "report_version": REPORT_VERSION,
+        "created_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "git_sha": git_sha(),
+        "versions": library_versions(),
+        "set": {
+            "name": evalset.name,
+            "dataset": "kmmlu" if args.kmmlu else "kormedmcqa",
+            "source": evalset.source,
+            "file": single["path"] if single else evalset.source,
+            "sha256": single["sha256"] if single else None,
+            "files": evalset.files,
+            "rows_read": evalset.rows,
+            "skipped": len(evalset.rejects),
+            "usable": len(evalset.items),
+            "evaluated": len(items),
+            "eval_samples": args.eval_samples,
+            "subset_seed": args.seed if args.eval_samples else None,
+            "items_sha256": EvalSet(evalset.name, items).items_sha256(),
+        },
+        "model": model_info,
+        "mode": args.mode,
+        "prompt": {"style": args.prompt if args.mode == "generate" else PROMPT_TYPE3,
+                   "example_item": items[0]["id"], "template": prompt_example},
+        "max_new_tokens": args.max_new_tokens if args.mode == "generate" else None,
+        "batch_size": args.batch_size,
+        "accuracy": summary["accuracy"],
+        "accuracy_pct": round(100 * summary["accuracy"], 2),
+        "correct": summary["correct"],
+        "total": summary["total"],
+        "chance": round(summary["chance"], 6),
+        "chance_pct": round(100 * summary["chance"], 2),
+        "unparseable": summary["unparseable"],
+        "avg_loss": summary["avg_loss"],
+        "per_subject": summary["per_subject"],
+        "per_division": summary["per_division"],
+        "timing": timing,
+        "skipped": [{"where": f"{r.path}:{r.line}", "reason": r.reason} for r in evalset.rejects],
+        "items": [item_row(item, pred) for item, pred in zip(items, predictions)],
+    }
+
+
+def _pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def _table_row(name: str, row: dict, with_loss: bool = False) -> str:
+    cells = [name, _pct(row["accuracy"]), f"chance {_pct(row['chance'])}", f"{row['correct']}/{row['total']}"]
+    if with_loss:
+        cells.append("-" if row["avg_loss"] is None else f"{row['avg_loss']:.4f}")
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_table(report: dict) -> str:
+    """Overall and per-subject accuracy with the chance baseline beside each number."""
+    lines = ["| subset | accuracy | chance | correct/total |", "|---|---|---|---|", _table_row("overall", report)]
+    lines += [_table_row(name, row) for name, row in report["per_subject"].items()]
+    if report["per_division"]:  # the guide's division table: count, accuracy, average loss
+        lines += ["", "| division | accuracy | chance | correct/total | avg loss |", "|---|---|---|---|---|"]
+        lines += [_table_row(name, row, with_loss=True) for name, row in report["per_division"].items()]
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path: Path) -> Path:
+    """Bar chart of overall and per-subject accuracy, a dashed chance line over each bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    rows = [("overall", report["accuracy"], report["chance"], report["correct"], report["total"])]
+    rows += [(name, r["accuracy"], r["chance"], r["correct"], r["total"]) for name, r in report["per_subject"].items()]
+    fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(rows) + 2), 4.2))
+    positions = list(range(len(rows)))
+    colors = ["#4c72b0" if k else "#2f4b7c" for k in positions]
+    ax.bar(positions, [100 * r[1] for r in rows], color=colors, width=0.7)
+    for k, (_, acc, chance, correct, total) in enumerate(rows):
+        ax.hlines(100 * chance, k - 0.4, k + 0.4, colors="#c44e52", linestyles="dashed",
+                  label="chance" if k == 0 else None)
+        ax.text(k, 100 * acc + 1.5, f"{100 * acc:.1f}%\n{correct}/{total}", ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(positions, [r[0] for r in rows])
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{report['set']['name']}: {report['model']['name']} ({report['mode']})", fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------
+# Main
+# ---------------------------------------------------------------------------
+def score(args: argparse.Namespace, loaded, items: list[dict]) -> list[dict]:
+    from script.evaluation import generate_mcq_answers, score_mcq_letter_mode
+
+    if args.mode == "letter":
+        return score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
+    return generate_mcq_answers(loaded.model, loaded.tokenizer, items, args.prompt, args.batch_size,
+                                args.max_new_tokens, args.progress)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    args = parse_args(argv)
+    args.batch_size = args.batch_size or (16 if args.mode == "letter" else 8)
+    if args.mode == "generate":
+        args.max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[args.prompt]
+    try:
+        evalset = load_items(args)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for reject in evalset.rejects:
+        print(f"skipped {reject}", file=sys.stderr)
+    if evalset.rejects:
+        print(f"{len(evalset.rejects)} of {evalset.rows} rows skipped (listed above and in the report)", file=sys.stderr)
+    items = select_eval_subset(evalset.items, args.eval_samples, args.seed)
+    if not items:
+        print(f"error: no usable item in {evalset.source}", file=sys.stderr)
+        return 1
+
+    from script.evaluation import load_model_for_eval
+    from script.training_config import UnknownModelError
+    from script.training_utils import ConfigError
+
+    started = time.perf_counter()
+    try:
+        loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization, args.attn)
+    except (ConfigError, UnknownModelError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    load_seconds = time.perf_counter() - started
+    style = args.prompt if args.mode == "generate" else PROMPT_TYPE3
+    example = render_mcq_prompt(loaded.tokenizer, items[0], style)  # exactly what the model is shown
+    logger.info("%s: %d items (%d skipped), %s mode%s, model %s", evalset.name, len(items), len(evalset.rejects),
+                args.mode, f" ({args.prompt})" if args.mode == "generate" else "", loaded.info["name"])
+    started = time.perf_counter()
+    predictions = score(args, loaded, items)
+    seconds = time.perf_counter() - started
+    timing = {"load_seconds": round(load_seconds, 3), "seconds": round(seconds, 3),
+              "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None}
+    report = build_report(args, evalset, items, predictions, loaded.info, example, timing)
+    output = args.output or default_output(evalset.name, loaded.info, args.mode, args.prompt)
+    atomic_write_json(output, report)
+    chart = plot_report(report, output.with_suffix(".png"))
+
+    print(f"## {report['set']['name']} — {loaded.info['name']} ({args.mode}"
+          f"{', ' + args.prompt if args.mode == 'generate' else ''})\n")
+    print(markdown_table(report))
+    print()
+    if args.mode == "generate":
+        print(f"unparseable: {report['unparseable']}/{report['total']} (counted wrong; raw outputs in the report)")
+    if evalset.rejects:
+        print(f"skipped: {len(evalset.rejects)} bad rows (not evaluated; see the report)")
+    print(f"time: {seconds:.1f} s, {timing['items_per_second']} items/s (model load {load_seconds:.1f} s)")
+    print(f"report: {output}\nchart: {chart}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
