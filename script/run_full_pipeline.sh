@@ -108,7 +108,9 @@ fi
 
 export MODEL HF_HUB_DISABLE_TELEMETRY=1
 OFFLINE_DATA=0
-case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ;; esac
+# The embedded model trains 2 epochs per stage by default, so the whole pipeline stays within a few
+# minutes on a 2-core CPU; EPOCHS=N overrides it.
+case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; EPOCHS="${EPOCHS:-2}"; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ;; esac
 [ "${HF_HUB_OFFLINE:-0}" = 1 ] && OFFLINE_DATA=1
 
 # Stages: name | command. A stage is listed only when its script exists in this checkout.
@@ -140,6 +142,12 @@ for type in $TRAIN_TYPES; do
   add_stage "script/train/train_${type}.py" "train_${type}|$PYTHON -m script.train.train_${type} $args"
   [ -e "$ROOT/script/train/train_${type}.py" ] && previous="$type"
 done
+
+# KorMedMCQA on the guide's 604 set (letter mode): the untrained base, then the final adapter.
+if [ "$DATA_ONLY" = 0 ] && [ -n "$previous" ]; then
+  add_stage script/validation_kor_med_test.py "evaluate_base|$PYTHON -m script.validation_kor_med_test --model $MODEL --split guide604 --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json"
+  add_stage script/validation_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $HOME_DIR/model/$previous/$MODEL/final --split guide604 --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
+fi
 
 stage_done() {  # a training stage is done when its run record exists; data stages always rerun
   case "$1" in
