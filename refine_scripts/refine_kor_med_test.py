@@ -41,12 +41,12 @@ from pathlib import Path
 
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_jsonl, sha256_file
 from script.formats import OPTION_LETTERS
+from script import kormedmcqa
 from script.kormedmcqa import (
     CONFIGS,
     GUIDE604,
     MATCH_METHODS,
     OFFICIAL,
-    SOURCE_NAME,
     STEER,
     STEER_FRACTION,
     EvaluationIndex,
@@ -55,7 +55,7 @@ from script.kormedmcqa import (
     count_by_config_split,
     dedupe_items,
 )
-from script.training_config import RAW_DIR, REFINED_DIR
+from script.training_config import REFINED_DIR
 
 logger = logging.getLogger("refine_kor_med_test")
 
@@ -166,12 +166,7 @@ def print_summary(stats: dict, output: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--raw-dir", type=Path, default=None,
-                       help=f"KorMedMCQA as written by download_all_datasets.py "
-                            f"(default {RAW_DIR / 'by_source' / SOURCE_NAME})")
-    where.add_argument("--from-dir", type=Path, default=None,
-                       help="local hub mirror root (e.g. data/sample) read with datasets.load_dataset")
+    kormedmcqa.add_source_arguments(parser)
     parser.add_argument("--output", type=Path, default=REFINED_DIR / OUTPUT_NAME,
                         help=f"output folder, replaced as a whole (default {REFINED_DIR / OUTPUT_NAME})")
     parser.add_argument("--test-set", choices=TEST_SETS, default=GUIDE604,
@@ -193,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not 0 < args.steer_fraction < 1:
         parser.error("--steer-fraction must be between 0 and 1")
     try:
-        source = (ItemSource(from_dir=args.from_dir) if args.from_dir is not None
-                  else ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME))
+        source = kormedmcqa.source_from_args(args)
         files, stats = build(source, args.configs, args.test_set, args.steer_fraction)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

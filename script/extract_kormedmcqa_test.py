@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, sha256_file, write_rejects
+from script import kormedmcqa
 from script.kormedmcqa import (
     ALL_TEST_FILE,
     GUIDE604,
@@ -40,16 +41,14 @@ from script.kormedmcqa import (
     SET_FILES,
     SET_NAMES,
     SETS_MANIFEST,
-    SOURCE_NAME,
     STEER,
     STEER_FRACTION,
     STEER_SALT,
-    ItemSource,
     build_sets,
     count_by_config_split,
     dedupe_items,
 )
-from script.training_config import KORMEDMCQA_TEST_DIR, RAW_DIR
+from script.training_config import KORMEDMCQA_TEST_DIR
 
 logger = logging.getLogger("extract_kormedmcqa_test")
 
@@ -61,12 +60,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", dest="set_name", choices=(*SET_NAMES, ALL_SETS), default=GUIDE604,
                         help="which set all_test.jsonl holds (default guide604; 'all' = every set, deduplicated)")
-    where = parser.add_mutually_exclusive_group()
-    where.add_argument("--raw-dir", type=Path, default=None,
-                       help=f"KorMedMCQA as written by download_all_datasets.py "
-                            f"(default {RAW_DIR / 'by_source' / SOURCE_NAME})")
-    where.add_argument("--from-dir", type=Path, default=None,
-                       help="local hub mirror root (e.g. data/sample) read with datasets.load_dataset")
+    kormedmcqa.add_source_arguments(parser)
     parser.add_argument("--output-dir", type=Path, default=KORMEDMCQA_TEST_DIR,
                         help=f"where the set files go (default {KORMEDMCQA_TEST_DIR})")
     parser.add_argument("--steer-fraction", type=float, default=STEER_FRACTION,
@@ -129,8 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        source = (ItemSource(from_dir=args.from_dir) if args.from_dir is not None
-                  else ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME))
+        source = kormedmcqa.source_from_args(args)
         sets = build_sets(source, args.steer_fraction)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)

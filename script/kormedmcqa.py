@@ -697,19 +697,33 @@ class EvaluationIndex:
 
 
 # ===========================================================================
-# Command line: print what the sets hold (extract_kormedmcqa_test.py writes them)
+# Command line: where KorMedMCQA is read from (shared by every CLI that reads it), set sizes
 # ===========================================================================
-def main(argv: Sequence[str] | None = None) -> int:
+def add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--raw-dir`` / ``--from-dir``: the two places KorMedMCQA can be read from."""
     from script.training_config import RAW_DIR
 
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--raw-dir", type=Path, default=None,
-                       help=f"download_all_datasets.py output (default {RAW_DIR / 'by_source' / SOURCE_NAME})")
-    where.add_argument("--from-dir", type=Path, default=None, help="local hub mirror root, e.g. data/sample")
+                       help=f"KorMedMCQA as written by download_all_datasets.py "
+                            f"(default {RAW_DIR / 'by_source' / SOURCE_NAME})")
+    where.add_argument("--from-dir", type=Path, default=None,
+                       help="local hub mirror root (e.g. data/sample) read with datasets.load_dataset")
+
+
+def source_from_args(args: argparse.Namespace) -> ItemSource:
+    from script.training_config import RAW_DIR
+
+    if args.from_dir is not None:
+        return ItemSource(from_dir=args.from_dir)
+    return ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_source_arguments(parser)
     args = parser.parse_args(argv)
-    source = (ItemSource(from_dir=args.from_dir) if args.from_dir
-              else ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME))
+    source = source_from_args(args)
     sets = build_sets(source)
     print(json.dumps({name: count_by_config_split(items) | {"total": len(items)} for name, items in sets.items()},
                      ensure_ascii=False, indent=2))
