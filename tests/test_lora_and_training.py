@@ -203,3 +203,34 @@ def test_resume_continues_from_the_last_checkpoint(tiny_models, type1_records, t
     second = train_type1_text.main([*common, "--max-steps", "6", "--resume"])
     assert second["resumed_from"].endswith("checkpoint-4")
     assert second["metrics"]["global_step"] == 6
+
+
+def test_type2_type3_type4_trainers_report_their_guide_metric(tiny_models, tmp_path):
+    """Each type trainer runs on hand-made records of its type and records its target metric."""
+    from script.train import train_type2_text_reasoning, train_type3_word, train_type4_word_reasoning
+
+    options = {"A": "폐렴", "B": "천식", "C": "위염", "D": "빈혈", "E": "통풍"}
+    reasoning = "발열과 기침, 흉부 X선의 경화 소견은 세균성 폐렴을 시사한다"
+    records = {
+        formats.TYPE2_TEXT_REASONING: lambda i: {"messages": formats.type_messages(
+            formats.TYPE2_TEXT_REASONING, f"발열과 기침이 {i}일째입니다. 진단과 치료는?",
+            formats.wrap_reasoning(reasoning, "폐렴으로 진단되며 항생제로 치료합니다."))},
+        formats.TYPE3_WORD: lambda i: {"question": f"발열과 기침이 {i}일째인 환자의 진단은?", "options": options,
+                                       "answer": "A", "messages": formats.type_messages(
+            formats.TYPE3_WORD, formats.format_mcq(f"발열과 기침이 {i}일째인 환자의 진단은?", options), "A")},
+        formats.TYPE4_WORD_REASONING: lambda i: {"answer": "폐렴", "messages": formats.type_messages(
+            formats.TYPE4_WORD_REASONING, f"발열, 기침 {i}일", formats.wrap_reasoning(reasoning, "폐렴"))},
+    }
+    trainers = {formats.TYPE2_TEXT_REASONING: (train_type2_text_reasoning, "validation_perplexity"),
+                formats.TYPE3_WORD: (train_type3_word, "validation_accuracy"),
+                formats.TYPE4_WORD_REASONING: (train_type4_word_reasoning, "validation_type4_score")}
+    for type_name, (module, metric) in trainers.items():
+        data_dir = tmp_path / type_name
+        atomic_write_jsonl(data_dir / "train.jsonl", [records[type_name](i) for i in range(16)])
+        atomic_write_jsonl(data_dir / "validation.jsonl", [records[type_name](i) for i in range(16, 20)])
+        info = module.main(["--data-dir", str(data_dir), "--output", str(tmp_path / f"out-{type_name}"),
+                            "--max-steps", "2", "--max-length", "96", "--eval-samples", "4"])
+        assert info["type"] == type_name
+        assert info["target"]["metric"] == metric and metric in info["metrics"]
+        assert f"{metric}_before" in info["metrics"]
+        assert (tmp_path / f"out-{type_name}" / "final" / "adapter_model.safetensors").is_file()
