@@ -70,9 +70,11 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
     g.add_argument("--output", type=Path, default=None, help="output dir (default: model/<stage>/<MODEL>)")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto = cuda:0 if present)")
     g.add_argument("--show-samples-every", type=int, default=50,
-                   help="run the periodic evaluation every N optimizer steps; 0 = never (default: %(default)s)")
+                   help="every N optimizer steps, score KorMedMCQA steering-set questions (letter mode); "
+                        "0 = never (default: %(default)s)")
     g.add_argument("--eval-samples", type=int, default=10,
-                   help="questions per periodic evaluation (default: %(default)s)")
+                   help="questions per periodic evaluation, and validation records for the type metric; "
+                        "0 = all validation records (default: %(default)s)")
     g.add_argument("--seed", type=int, default=42, help="seed for shuffles, splits and init (default: %(default)s)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint-N in the output dir (optimizer, scheduler, RNG, data)")
@@ -848,6 +850,29 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
     return write_training_info(run, info)
 
 
+def steering_eval_callbacks(run: RunConfig, tokenizer, history: list[dict]) -> list:
+    """Every ``--show-samples-every`` steps: KorMedMCQA letter accuracy on ``--eval-samples``
+    questions of the steering set (a held-out slice of KorMedMCQA train, never a test set).
+
+    Results go to ``history`` (training_info.json ``validation_history``), TensorBoard and the
+    progress file. Without an extracted steering set the periodic evaluation is skipped, loudly.
+    """
+    if run.show_samples_every <= 0 or run.eval_samples <= 0:
+        return []
+    from script.evaluation import load_eval_items, make_mcq_eval_fn
+    from script.training_config import KORMEDMCQA_TEST_DIR
+
+    steer_file = KORMEDMCQA_TEST_DIR / "steer.jsonl"
+    if not steer_file.is_file():
+        logger.warning("no steering set at %s (python -m script.extract_kormedmcqa_test --set all): "
+                       "periodic KorMedMCQA evaluation is off for this run", steer_file)
+        return []
+    items = load_eval_items(steer_file, n=run.eval_samples, seed=run.seed)
+    logger.info("periodic eval: %d steering-set questions every %d steps", len(items), run.show_samples_every)
+    return [make_periodic_eval_callback(make_mcq_eval_fn(tokenizer, items, run.batch), run.show_samples_every,
+                                        history)]
+
+
 # ---------------------------------------------------------------------------
 # One refined type, end to end: the body of train_type{1,2,3,4}_*.py
 # ---------------------------------------------------------------------------
@@ -877,7 +902,9 @@ def train_refined_type(type_name: str, description: str, metric: TypeMetric, arg
 
     model, tokenizer = load_model_and_tokenizer(run)
     model = attach_lora(model, run)
-    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(train_records))
+    history: list[dict] = []
+    callbacks = steering_eval_callbacks(run, tokenizer, history)
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(train_records), callbacks=callbacks)
     name, op, value = formats.TYPE_TARGETS[type_name]
     return train_and_save(
         run, trainer, tokenizer,
@@ -886,6 +913,7 @@ def train_refined_type(type_name: str, description: str, metric: TypeMetric, arg
             "train_samples": len(train_records),
             "validation_samples": len(val_records),
             "data_files": [describe_data_file(train_file), describe_data_file(val_file)],
+            "validation_history": history,
         },
         evaluate=lambda trained: metric(trained, tokenizer, val_records, run),
         target=(f"validation_{name}", op, value),

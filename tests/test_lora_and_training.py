@@ -234,3 +234,25 @@ def test_type2_type3_type4_trainers_report_their_guide_metric(tiny_models, tmp_p
         assert info["target"]["metric"] == metric and metric in info["metrics"]
         assert f"{metric}_before" in info["metrics"]
         assert (tmp_path / f"out-{type_name}" / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_periodic_eval_on_the_steering_set_fills_validation_history(tiny_models, type1_records, tmp_path):
+    from script.train import train_type1_text
+    from script.training_config import KORMEDMCQA_TEST_DIR
+
+    options = {"A": "폐렴", "B": "천식", "C": "위염", "D": "빈혈", "E": "통풍"}
+    steer = KORMEDMCQA_TEST_DIR / "steer.jsonl"
+    atomic_write_jsonl(steer, [{"id": f"steer-{i}", "config": "doctor", "split": "train", "options": options,
+                                "question": f"기침이 {i}일째인 환자의 진단은?", "answer": "A", "meta": {}}
+                               for i in range(6)])
+    try:
+        data_dir = tmp_path / "type1_text"
+        atomic_write_jsonl(data_dir / "train.jsonl", type1_records[:24])
+        atomic_write_jsonl(data_dir / "validation.jsonl", type1_records[24:28])
+        info = train_type1_text.main(["--data-dir", str(data_dir), "--output", str(tmp_path / "run"),
+                                      "--max-steps", "2", "--show-samples-every", "1", "--eval-samples", "4"])
+    finally:
+        steer.unlink()
+    history = info["validation_history"]
+    assert [h["step"] for h in history] == [1, 2]
+    assert all(h["total"] == 4 and 0 <= h["accuracy"] <= 100 for h in history)
