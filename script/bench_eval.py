@@ -3,12 +3,24 @@
     python -m script.bench_eval                       # tiny, the guide's 604 set
     python -m script.bench_eval --model tiny --n 604 --device cpu
     python -m script.bench_eval --model medgemma-4b --n 200 --device cuda
+    python -m script.bench_eval --threads 1           # a CPU shared with other jobs (see below)
 
 The naive way is what the guide's validation did: one ``generate`` call per question (greedy,
 ``--max-new-tokens``), then parse the letter from the text -- here with the project's
 ``extract_answer``, so an unparseable output is wrong and counted, never guessed. Letter mode is
 ``score_mcq_letter_mode``: one forward pass per left-padded batch, option-letter logits at the
-answer position. Both see the same type-3 prompt.
+answer position, with the keys/values of the prompt opening every item shares computed once. Both see
+the same type-3 prompt, run on the same model with the same torch thread count (``--threads``).
+
+Where letter mode spends its time on the 2-core CPU with ``tiny`` (604 items, ~82 prompt tokens
+each): rendering the chat template (~0.03 s), tokenizing (~0.07 s) and ``letter_token_ids`` (~1 ms)
+are small; nearly all of it is the model's forward over the prompt tokens (matrix products, GELU,
+norms). The speed-up is therefore bounded by what one naive question costs (a prefill of the whole
+prompt, then up to 8 decoding steps: ~16 ms) over the matrix products of one prompt's own tokens
+(~1.3 ms at one thread): about 12x on that CPU, whatever the batching.
+On a CPU that other jobs share, torch's threads (one per core) stall each other whenever another
+job holds a core, and either way can then slow several-fold, so the ratio swings from run to run:
+``--threads 1`` gives steadier figures there.
 
 Items: the guide604 set file (``data/kormedmcqa_test/guide604.jsonl``) when it exists, else the same
 set built from the shipped sample mirror (data/sample). ``--n`` takes a seeded subset.
@@ -42,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=8, help="naive generation budget (default %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--seed", type=int, default=42, help="seed of the subset draw")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads for both ways (default 0: torch's own choice, one per core)")
     return parser.parse_args(argv)
 
 
@@ -86,12 +100,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = parse_args(argv)
+    import torch
+
     from script.evaluation import load_model_for_eval, score_mcq_letter_mode
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     items, source = load_guide604(args.n, args.seed)
     loaded = load_model_for_eval(args.model, device=args.device)
     model, tokenizer = loaded.model, loaded.tokenizer
-    score_mcq_letter_mode(model, tokenizer, items[:2], args.batch_size)  # warm-up: first-call costs out of both
+    # warm-up: first-call costs out of both timings
+    naive_generate(model, tokenizer, items[:1], args.max_new_tokens)
+    score_mcq_letter_mode(model, tokenizer, items[:2], args.batch_size)
 
     started = time.perf_counter()
     naive = naive_generate(model, tokenizer, items, args.max_new_tokens)
@@ -106,6 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "bench": "eval: naive per-question generate vs letter mode",
         "model": loaded.info["name"],
         "device": loaded.info["device"],
+        "torch_threads": torch.get_num_threads(),
         "items": len(items),
         "source": source,
         "naive_generate": {**summarise(naive, naive_seconds), "max_new_tokens": args.max_new_tokens},

@@ -159,6 +159,55 @@ def left_padded_batch(sequences: Sequence[Sequence[int]], pad_id: int):
     return input_ids, attention, positions
 
 
+# Letter-mode prompts of one style open with the same tokens (chat template + system prompt: 27 of
+# the ~82 tokens of a type-3 prompt with the tiny tokenizer). Their keys/values are computed once and
+# every batch starts from a copy, so the model only runs over each item's own tokens. A shorter
+# common opening (the lm_eval prompt shares only <bos>) is not worth the cache copies.
+MIN_SHARED_PREFIX = 8
+
+
+def _shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all sequences share, leaving each at least one token of its own."""
+    import os.path
+
+    common = len(os.path.commonprefix([list(s) for s in sequences]))  # works on any sequences
+    return min(common, min(len(s) for s in sequences) - 1)
+
+
+def _prefix_cache(model, prefix: Sequence[int], device):
+    """The model's key/value cache after ``prefix`` (batch of one), or None for a short prefix."""
+    import torch
+
+    if len(prefix) < MIN_SHARED_PREFIX:
+        return None
+    with torch.no_grad():
+        output = model(input_ids=torch.tensor([list(prefix)], dtype=torch.long, device=device), use_cache=True)
+    return output.cache
+
+
+def _last_position_logits(model, input_ids, attention, positions, prefix_cache=None, prefix_length: int = 0):
+    """Float logits at the last position of a left-padded batch, which may continue ``prefix_cache``.
+
+    After a prefix the batch rows read ``prefix + padding + own tokens``: the mask hides the padding
+    and the positions continue from the prefix, so each row sees exactly its unpadded prompt.
+    """
+    import copy
+
+    import torch
+
+    kwargs = {"use_cache": False}
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)  # each forward appends to the cache it is given
+        cache.batch_repeat_interleave(input_ids.shape[0])
+        attention = torch.cat([attention.new_ones((attention.shape[0], prefix_length)), attention], dim=1)
+        positions = positions + prefix_length
+        kwargs = {"cache": cache, "use_cache": True}
+    with torch.no_grad():
+        output = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=1,
+                       **kwargs)
+    return output.logits[:, -1, :].float()
+
+
 def _batches(order: Sequence[int], batch_size: int, progress: bool, desc: str):
     batches = range(0, len(order), max(1, batch_size))
     if progress:
@@ -169,12 +218,19 @@ def _batches(order: Sequence[int], batch_size: int, progress: bool, desc: str):
 
 
 def score_mcq_letter_mode(model, tokenizer, items: Sequence[dict], batch_size: int = 16,
-                          progress: bool = False) -> list[dict]:
+                          progress: bool = False, style: str = "type3",
+                          max_new_tokens: int | None = None) -> list[dict]:
     """Predict each item's answer by the logits of its option letters at the answer position.
 
     Returns one prediction per item: ``{"id", "prediction", "gold", "correct", "letter_logprobs"}``
     where the log-probabilities are normalised over the item's own options (4 for KMMLU, 5 for
     KorMedMCQA), so a model can never answer a letter the item does not have.
+
+    ``style`` is the prompt the letter follows: ``type3`` (the letter right after the prompt, the
+    default), ``lm_eval`` (after the harness's "정답：" cue) or ``train02``: the model first writes
+    its ``<reasoning>…</reasoning>`` greedily, as it was trained to, and the letter is read right
+    after the closing tag (see ``reasoning_prefixes``). That keeps a reasoning model in its own
+    format and still never lets an unparseable answer happen.
 
     Only the last position's logits are computed (``logits_to_keep=1``): with MedGemma's 262k
     vocabulary the full logits of a batch would take gigabytes for nothing.
@@ -182,35 +238,157 @@ def score_mcq_letter_mode(model, tokenizer, items: Sequence[dict], batch_size: i
     import torch
 
     device = next(model.parameters()).device
-    prompts = [formats.render_prompt(tokenizer, mcq_messages(item)) for item in items]
+    if check_prompt_style(style) == PROMPT_TYPE4:
+        raise ValueError("the type4 prompt answers with a word, not a letter: score it with generate mode")
+    prompts = [render_mcq_prompt(tokenizer, item, style) for item in items]
     if not prompts:
         return []
+    reasoning: list[dict] | None = None
+    if style == PROMPT_TRAIN02:
+        reasoning = reasoning_prefixes(model, tokenizer, prompts, batch_size, max_new_tokens, progress)
+        prompts = [prompt + r["text"] for prompt, r in zip(prompts, reasoning)]
     letter_ids = letter_token_ids(tokenizer, prompts[0])
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    encoded = [encode_prompt(tokenizer, p, style) for p in prompts]
+    shared = _shared_prefix_length(encoded)
     order = sorted(range(len(items)), key=lambda i: len(encoded[i]))  # similar lengths share a batch
+    # Only the option letters' logits are used: gather them once per batch (one device sync, not one per item).
+    letter_order = list(letter_ids)
+    letter_columns = torch.tensor([letter_ids[letter] for letter in letter_order])
     results: list[dict | None] = [None] * len(items)
     was_training = model.training
     model.eval()
     try:
+        prefix_cache = _prefix_cache(model, encoded[0][:shared], device)
+        skip = shared if prefix_cache is not None else 0
         for begin in _batches(order, batch_size, progress, "letter mode"):
             idx = order[begin: begin + batch_size]
-            input_ids, attention, positions = left_padded_batch([encoded[i] for i in idx], tokenizer.pad_token_id)
-            with torch.no_grad():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                               position_ids=positions.to(device), use_cache=False,
-                               logits_to_keep=1).logits[:, -1, :].float()
+            input_ids, attention, positions = left_padded_batch([encoded[i][skip:] for i in idx],
+                                                                tokenizer.pad_token_id)
+            logits = _last_position_logits(model, input_ids.to(device), attention.to(device), positions.to(device),
+                                           prefix_cache, skip)
+            letter_logits = logits[:, letter_columns.to(logits.device)].cpu()
             for row, i in enumerate(idx):
                 letters = item_letters(items[i])
-                option_logits = logits[row, [letter_ids[letter] for letter in letters]]
+                option_logits = letter_logits[row, [letter_order.index(letter) for letter in letters]]
                 logprobs = torch.log_softmax(option_logits, dim=-1).tolist()
                 prediction = letters[max(range(len(letters)), key=lambda k: logprobs[k])]
                 gold = items[i]["answer"]
                 results[i] = {"id": items[i].get("id"), "prediction": prediction, "gold": gold,
                               "correct": prediction == gold,
                               "letter_logprobs": dict(zip(letters, (round(x, 5) for x in logprobs)))}
+                if reasoning is not None:
+                    results[i]["raw_output"] = reasoning[i]["text"]
+                    results[i]["reasoning_closed"] = reasoning[i]["closed"]
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def verdict_token_ids(tokenizer, head: str) -> tuple[int, int]:
+    """First token of " 정답" and of " 오답" right after a verdict head (``A) …:``), as in training."""
+    base = tokenizer(head, add_special_tokens=False)["input_ids"]
+    ids = []
+    for verdict in (formats.MCQ_VERDICT_ANSWER, formats.MCQ_VERDICT_OTHER):
+        full = tokenizer(f"{head} {verdict}", add_special_tokens=False)["input_ids"]
+        if full[: len(base)] != base or len(full) == len(base):
+            raise ValueError(f"verdict {verdict!r} does not start a new token after {head!r}")
+        ids.append(full[len(base)])
+    if ids[0] == ids[1]:
+        raise ValueError(f"the verdicts share their first token ({ids[0]}); cannot tell them apart in one pass")
+    return ids[0], ids[1]
+
+
+def score_mcq_verdicts(model, tokenizer, items: Sequence[dict], batch_size: int = 16,
+                       progress: bool = False) -> list[dict]:
+    """train_02's per-choice judgement, read without generation: one forward pass per item.
+
+    The item is rendered in the train02 format with the simple reasoning train_02 teaches, one
+    line per option (``A) <option>: 정답|오답``, formats.mcq_verdict_line), every verdict written
+    "오답". At the position of each option's verdict the model's log-odds of "정답" over "오답"
+    is read; the option with the highest log-odds is the answer. Those verdict tokens are the
+    only places where that format carries a decision: the rest of the lines restate the options.
+    Reading them teacher-forced means the score does not depend on the model copying the option
+    texts correctly (a small model's weak point), and an answer is never unparseable.
+    ``letter_logprobs`` are the log-odds normalised over the options.
+    """
+    import torch
+
+    if not items:
+        return []
+    device = next(model.parameters()).device
+    rows = []
+    for item in items:
+        letters = item_letters(item)
+        prompt = render_mcq_prompt(tokenizer, item, PROMPT_TRAIN02) + formats.MCQ_REASONING_START + "\n"
+        heads = [formats.mcq_verdict_head(letter, item["options"][letter]) for letter in letters]
+        lines = [formats.mcq_verdict_line(letter, item["options"][letter], False) for letter in letters]
+        positions, text = [], prompt
+        for k, head in enumerate(heads):
+            prefix = text + head
+            positions.append(len(tokenizer(prefix, add_special_tokens=False)["input_ids"]) - 1)
+            text = text + lines[k] + "\n"
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for k, head in enumerate(heads):  # the full text must tokenize as its prefixes did
+            prefix_ids = tokenizer(prompt + "".join(line + "\n" for line in lines[:k]) + head,
+                                   add_special_tokens=False)["input_ids"]
+            if ids[: len(prefix_ids)] != prefix_ids:
+                raise ValueError(f"{item.get('id')}: the verdict line of option {letters[k]} does not tokenize "
+                                 "on its own boundary; verdict scoring needs prefix-stable tokenization")
+        rows.append((letters, positions, ids, verdict_token_ids(tokenizer, heads[0])))
+    order = sorted(range(len(items)), key=lambda i: len(rows[i][2]))
+    results: list[dict | None] = [None] * len(items)
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in _batches(order, batch_size, progress, "verdicts"):
+            idx = order[begin: begin + batch_size]
+            input_ids, attention, positions = left_padded_batch([rows[i][2] for i in idx], tokenizer.pad_token_id)
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               position_ids=positions.to(device), use_cache=False).logits.float()
+            width = input_ids.shape[1]
+            for row, i in enumerate(idx):
+                letters, verdict_positions, ids, (yes, no) = rows[i]
+                shift = width - len(ids)  # left padding
+                scores = [float(logits[row, shift + pos, yes] - logits[row, shift + pos, no])
+                          for pos in verdict_positions]
+                logprobs = torch.log_softmax(torch.tensor(scores), dim=-1).tolist()
+                prediction = letters[max(range(len(letters)), key=lambda k: scores[k])]
+                gold = items[i]["answer"]
+                results[i] = {"id": items[i].get("id"), "prediction": prediction, "gold": gold,
+                              "correct": prediction == gold,
+                              "letter_logprobs": dict(zip(letters, (round(x, 5) for x in logprobs))),
+                              "verdict_log_odds": dict(zip(letters, (round(x, 4) for x in scores)))}
+    finally:
+        model.train(was_training)
+    return results  # type: ignore[return-value]
+
+
+def reasoning_prefixes(model, tokenizer, prompts: Sequence[str], batch_size: int = 8,
+                       max_new_tokens: int | None = None, progress: bool = False) -> list[dict]:
+    """The model's own ``<reasoning>…</reasoning>`` after each train02 prompt, closed.
+
+    Greedy generation stops at the closing tag (or the end of the turn, or the budget); the text
+    is cut right after the tag. A model that never closes its reasoning (an untrained one, or a
+    budget too small) gets the tag appended, so the letter is still read at the place the format
+    puts it; ``closed`` records which happened. Per prompt: ``{"text", "closed"}``.
+    """
+    closer = formats.MCQ_REASONING_END
+    budget = max_new_tokens or DEFAULT_MAX_NEW_TOKENS[PROMPT_TRAIN02]
+    ids = [encode_prompt(tokenizer, p, PROMPT_TRAIN02) for p in prompts]
+    outputs = generate_texts(model, tokenizer, ids, budget, batch_size, stop_strings=[closer], progress=progress)
+    prefixes = []
+    for out in outputs:
+        text = out["text"]
+        cut = text.find(closer)
+        if cut >= 0:
+            prefixes.append({"text": text[: cut + len(closer)], "closed": True})
+            continue
+        text = text.rstrip()
+        if formats.MCQ_REASONING_START not in text:
+            text = formats.MCQ_REASONING_START + "\n" + text
+        prefixes.append({"text": f"{text}\n{closer}", "closed": False})
+    return prefixes
 
 
 def item_subject(item: Mapping[str, Any]) -> str:
@@ -1170,17 +1348,19 @@ def train02_score(generated: str, gold_letter: str, options: Sequence[str] | Map
 # ===========================================================================
 # Periodic evaluation hook for trainers
 # ===========================================================================
-def make_mcq_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 16) -> Callable[[Any, int], dict]:
+def make_mcq_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 16,
+                     style: str = PROMPT_TYPE3) -> Callable[[Any, int], dict]:
     """``fn(model, step) -> {"accuracy": percent 0-100, "correct", "total"}`` in letter mode.
 
     The guide's ``validation_history`` entries look like ``{"step": 100, "accuracy": 50.0,
     "correct": 5, "total": 10}``; ``training_utils.make_periodic_eval_callback`` adds the step.
-    Give it the steer set (``load_eval_items("steer", n)``), never a test set.
+    Give it the steer set (``load_eval_items("steer", n)``), never a test set. ``style`` is the
+    prompt the model is trained on (``train02``: letter read after its own reasoning).
     """
     items = list(items)
 
     def eval_fn(model, step: int) -> dict:
-        predictions = score_mcq_letter_mode(model, tokenizer, items, batch_size)
+        predictions = score_mcq_letter_mode(model, tokenizer, items, batch_size, style=style)
         correct = sum(bool(p["correct"]) for p in predictions)
         total = len(predictions)
         return {"accuracy": round(100.0 * correct / total, 2) if total else 0.0, "correct": correct, "total": total}
@@ -1225,6 +1405,9 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
     applied in order: every adapter but the last is merged into the weights (``merge_and_unload``),
     the last stays a PEFT adapter -- the same function as stacking them, one adapter's overhead.
     Merging needs full-precision weights, so a chain of two or more is refused on a quantized base.
+    An adapter dir with an ``adapter_chain.json`` (add_lora_adapter.py --on, and the final/ of a
+    run trained on one) stands for its whole chain: its parents come first, each adapter once
+    (``training_utils.resolve_adapter_chain``), and the base is the one the first adapter names.
     The tokenizer is the last adapter's when it saved one (a vocabulary extension travels with the
     adapter), else the base model's.
     """
@@ -1235,18 +1418,23 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
         is_adapter_dir,
         load_base_model,
         load_tokenizer,
+        resolve_adapter_chain,
         resolve_device,
         resolve_dtype,
     )
 
     name, path = resolve_model_arg(model)
-    chain = [str(a) for a in adapters]
-    if is_adapter_dir(path):
-        chain.insert(0, path)
-        path = adapter_base_model(path)
-    for adapter in chain:
+    requested = ([path] if is_adapter_dir(path) else []) + [str(a) for a in adapters]
+    for adapter in requested:
         if not is_adapter_dir(adapter):
             raise ConfigError(f"--adapter {adapter}: no adapter_config.json there")
+    chain: list[str] = []
+    for adapter in requested:
+        for link in resolve_adapter_chain(adapter):
+            if all(Path(link).resolve() != Path(known).resolve() for known in chain):
+                chain.append(link)
+    if chain and is_adapter_dir(path):
+        path = adapter_base_model(chain[0])
     if len(chain) > 1 and quantization != "none":
         raise ConfigError("merging a chain of adapters needs an unquantized base; use --quantization none")
     ensure_model_available(path)

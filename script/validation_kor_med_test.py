@@ -25,7 +25,16 @@ Rows without a question, with a missing/empty option or an answer out of range a
 How it is scored (``--mode``):
 
 * ``letter`` (default): one forward pass per left-padded batch, the logits of the option letters at
-  the answer position, argmax over the item's own options; the type-3 prompt of formats.py.
+  the answer position, argmax over the item's own options. The answer position follows the
+  ``--prompt``: ``type3`` (default; the type-3 prompt of formats.py), ``lm_eval`` (after the
+  harness's "정답：") or ``train02``: the model first writes its ``<reasoning>…</reasoning>``
+  greedily, as train_02 taught it, and the letter is read right after the closing tag (appended
+  when the model never closes it; counted as ``reasoning_unclosed``). Never unparseable.
+* ``verdict``: train_02's per-choice judgement without generation. The item is written in the
+  train02 format with the simple reasoning train_02 teaches (``A) <option>: 정답|오답`` per
+  option, every verdict "오답"), and the option whose verdict position gives the highest
+  log-odds of "정답" over "오답" is the answer: one forward pass per item, no copying of the
+  option texts needed from the model. A diagnostic of what the per-choice lines learned.
 * ``generate``: batched greedy generation, stopped at <end_of_turn>/<eos> or ``--max-new-tokens``,
   in the ``--prompt`` style: ``type3`` (letter only), ``type4`` (``<R>…<R/>`` then the answer),
   ``train02`` (``<reasoning>…</reasoning>`` then the letter) or ``lm_eval`` (the harness's
@@ -59,7 +68,9 @@ from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SUBSET_SEED,
     PROMPT_STYLES,
+    PROMPT_TRAIN02,
     PROMPT_TYPE3,
+    PROMPT_TYPE4,
     EvalSet,
     mcq_accuracy,
     read_eval_set,
@@ -74,7 +85,7 @@ from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, 
 logger = logging.getLogger("validation_kor_med_test")
 
 SPLITS = ("guide604", "test", "official", "steer", "dev", "all")
-MODES = ("letter", "generate")
+MODES = ("letter", "generate", "verdict")
 REPORT_VERSION = 1
 
 
@@ -95,9 +106,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="download_all_datasets.py output, for --split dev and --kmmlu (default: %(default)s)")
     parser.add_argument("--from-dir", type=Path, default=None,
                         help="local hub mirror root (e.g. data/sample) for --split dev and --kmmlu")
-    parser.add_argument("--mode", choices=MODES, default="letter", help="letter logits or generation (default letter)")
+    parser.add_argument("--mode", choices=MODES, default="letter",
+                        help="letter logits, generation, or train02's per-option verdicts (default letter)")
     parser.add_argument("--prompt", choices=PROMPT_STYLES, default=PROMPT_TYPE3,
-                        help="prompt style of generate mode (letter mode always uses type3)")
+                        help="prompt style (default type3); letter mode takes type3, train02 "
+                             "(letter read after the model's own reasoning) or lm_eval")
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"generate mode budget (default per prompt: {DEFAULT_MAX_NEW_TOKENS})")
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 (letter) / 8 (generate)")
@@ -111,8 +124,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--attn", choices=("eager", "sdpa"), default="eager", help="attention implementation")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     args = parser.parse_args(argv)
-    if args.mode == "letter" and args.prompt != PROMPT_TYPE3:
-        parser.error("--prompt applies to --mode generate; letter mode scores the type3 prompt")
+    if args.mode == "verdict":
+        args.prompt = PROMPT_TRAIN02  # the verdicts exist in the train02 format only
+    if args.mode == "letter" and args.prompt == PROMPT_TYPE4:
+        parser.error("--prompt type4 answers with a word, not a letter: use --mode generate")
     if args.kmmlu and args.split is not None:
         parser.error("--kmmlu reads the KMMLU-medical test split; --split is for KorMedMCQA")
     if args.eval_samples is not None and args.eval_samples <= 0:
@@ -154,14 +169,14 @@ def model_tag(model_info: dict) -> str:
 
 
 def default_output(set_name: str, model_info: dict, mode: str, prompt: str) -> Path:
-    suffix = f"_{prompt}" if mode == "generate" else ""
+    suffix = f"_{prompt}" if mode == "generate" or prompt != PROMPT_TYPE3 else ""
     return LOG_DIR / "eval" / f"{slug(set_name)}_{model_tag(model_info)}_{mode}{suffix}.json"
 
 
 def item_row(item: dict, prediction: dict) -> dict:
     row = {"id": item["id"], "subject": item.get("config"), "prediction": prediction["prediction"],
            "gold": prediction["gold"], "correct": bool(prediction["correct"])}
-    for key in ("letter_logprobs", "raw_output", "stopped", "new_tokens"):
+    for key in ("letter_logprobs", "verdict_log_odds", "raw_output", "reasoning_closed", "stopped", "new_tokens"):
         if key in prediction:
             row[key] = prediction[key]
     return row
@@ -196,9 +211,9 @@ def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], 
         },
         "model": model_info,
         "mode": args.mode,
-        "prompt": {"style": args.prompt if args.mode == "generate" else PROMPT_TYPE3,
+        "prompt": {"style": args.prompt,
                    "example_item": items[0]["id"], "template": prompt_example},
-        "max_new_tokens": args.max_new_tokens if args.mode == "generate" else None,
+        "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "accuracy": summary["accuracy"],
         "accuracy_pct": round(100 * summary["accuracy"], 2),
@@ -207,6 +222,7 @@ def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], 
         "chance": round(summary["chance"], 6),
         "chance_pct": round(100 * summary["chance"], 2),
         "unparseable": summary["unparseable"],
+        "reasoning_unclosed": sum(1 for p in predictions if p.get("reasoning_closed") is False),
         "avg_loss": summary["avg_loss"],
         "per_subject": summary["per_subject"],
         "per_division": summary["per_division"],
@@ -270,10 +286,13 @@ def plot_report(report: dict, path: Path) -> Path:
 # Main
 # ---------------------------------------------------------------------------
 def score(args: argparse.Namespace, loaded, items: list[dict]) -> list[dict]:
-    from script.evaluation import generate_mcq_answers, score_mcq_letter_mode
+    from script.evaluation import generate_mcq_answers, score_mcq_letter_mode, score_mcq_verdicts
 
+    if args.mode == "verdict":
+        return score_mcq_verdicts(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
     if args.mode == "letter":
-        return score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
+        return score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress,
+                                     style=args.prompt, max_new_tokens=args.max_new_tokens)
     return generate_mcq_answers(loaded.model, loaded.tokenizer, items, args.prompt, args.batch_size,
                                 args.max_new_tokens, args.progress)
 
@@ -282,8 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = parse_args(argv)
-    args.batch_size = args.batch_size or (16 if args.mode == "letter" else 8)
-    if args.mode == "generate":
+    args.batch_size = args.batch_size or (8 if args.mode == "generate" else 16)
+    if args.mode == "generate" or (args.mode == "letter" and args.prompt == PROMPT_TRAIN02):
         args.max_new_tokens = args.max_new_tokens or DEFAULT_MAX_NEW_TOKENS[args.prompt]
     try:
         evalset = load_items(args)
@@ -310,10 +329,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     load_seconds = time.perf_counter() - started
-    style = args.prompt if args.mode == "generate" else PROMPT_TYPE3
+    style = args.prompt
     example = render_mcq_prompt(loaded.tokenizer, items[0], style)  # exactly what the model is shown
     logger.info("%s: %d items (%d skipped), %s mode%s, model %s", evalset.name, len(items), len(evalset.rejects),
-                args.mode, f" ({args.prompt})" if args.mode == "generate" else "", loaded.info["name"])
+                args.mode, f" ({args.prompt})", loaded.info["name"])
     started = time.perf_counter()
     predictions = score(args, loaded, items)
     seconds = time.perf_counter() - started
@@ -325,9 +344,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     chart = plot_report(report, output.with_suffix(".png"))
 
     print(f"## {report['set']['name']} — {loaded.info['name']} ({args.mode}"
-          f"{', ' + args.prompt if args.mode == 'generate' else ''})\n")
+          f", {args.prompt})\n")
     print(markdown_table(report))
     print()
+    unclosed = sum(1 for p in predictions if p.get("reasoning_closed") is False)
+    if args.prompt == PROMPT_TRAIN02 and args.mode == "letter":
+        print(f"reasoning_unclosed: {unclosed}/{len(predictions)} (closing tag appended before the letter)")
     if args.mode == "generate":
         print(f"unparseable: {report['unparseable']}/{report['total']} (counted wrong; raw outputs in the report)")
     if evalset.rejects:

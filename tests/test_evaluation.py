@@ -52,6 +52,50 @@ def write_lines(path, lines):
 # ---------------------------------------------------------------------------
 # Letter mode
 # ---------------------------------------------------------------------------
+def test_train02_letter_mode_reads_the_letter_after_the_models_own_reasoning(loaded, monkeypatch):
+    """The reasoning is generated (here: fixed outputs), cut after </reasoning> or closed when the
+    model never closes it; the letter is then scored exactly where train_02 puts the answer."""
+    items = [good_item(0, "A"), good_item(1, "C")]
+    outputs = [{"text": "<reasoning>\nA) 협심증: 아님\n</reasoning>B 이후 텍스트", "new_tokens": 9, "stopped": True},
+               {"text": "끝나지 않는 추론", "new_tokens": 5, "stopped": False}]
+    monkeypatch.setattr(ev, "generate_texts", lambda *a, **k: outputs)
+    preds = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, batch_size=2, style=ev.PROMPT_TRAIN02)
+    assert preds[0]["raw_output"] == "<reasoning>\nA) 협심증: 아님\n</reasoning>"
+    assert preds[0]["reasoning_closed"] is True
+    assert preds[1]["raw_output"] == "<reasoning>\n끝나지 않는 추론\n</reasoning>"
+    assert preds[1]["reasoning_closed"] is False
+    for item, pred in zip(items, preds):
+        text = ev.render_mcq_prompt(loaded.tokenizer, item, ev.PROMPT_TRAIN02) + pred["raw_output"]
+        ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
+        letter_ids = ev.letter_token_ids(loaded.tokenizer, text)
+        with torch.no_grad():
+            logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+        expected = max(ev.item_letters(item), key=lambda letter: logits[letter_ids[letter]].item())
+        assert pred["prediction"] == expected
+    with pytest.raises(ValueError, match="generate mode"):
+        ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, style=ev.PROMPT_TYPE4)
+
+
+def test_verdict_mode_reads_each_options_verdict_log_odds(loaded, sample_items):
+    """Batched one-pass verdict scoring equals a slow reference: for each option its own unpadded
+    sequence up to ``X) <option>:`` (earlier lines written 오답), log-odds of 정답 over 오답."""
+    items = sample_items[:5]
+    batched = ev.score_mcq_verdicts(loaded.model, loaded.tokenizer, items, batch_size=3)
+    tok = loaded.tokenizer
+    for item, pred in zip(items, batched):
+        prompt = ev.render_mcq_prompt(tok, item, ev.PROMPT_TRAIN02) + formats.MCQ_REASONING_START + "\n"
+        earlier = ""
+        for letter in ev.item_letters(item):
+            head = formats.mcq_verdict_head(letter, item["options"][letter])
+            ids = tok(prompt + earlier + head, add_special_tokens=False)["input_ids"]
+            yes, no = ev.verdict_token_ids(tok, head)
+            with torch.no_grad():
+                logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
+            assert pred["verdict_log_odds"][letter] == pytest.approx(float(logits[yes] - logits[no]), abs=2e-3)
+            earlier += formats.mcq_verdict_line(letter, item["options"][letter], False) + "\n"
+        assert pred["prediction"] == max(pred["verdict_log_odds"], key=pred["verdict_log_odds"].get)
+
+
 def reference_letter_logprobs(model, tokenizer, item):
     """Slow reference: the whole prompt + letter as one unpadded sequence per option, no position
     ids, log P(letter | prompt) from the full-sequence logits; normalised over the options."""

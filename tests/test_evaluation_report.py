@@ -1,0 +1,65 @@
+"""evaluation_report: exact tests against hand-computed values, paired comparison, CLI output.
+
+    python -m pytest tests/test_evaluation_report.py -q
+"""
+
+import json
+import math
+
+import pytest
+
+from script import evaluation_report as er
+
+
+def test_binomial_tail_matches_a_direct_sum():
+    n, p = 12, 0.2
+    for k in range(0, n + 2):
+        direct = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
+        assert er.binomial_tail_at_least(k, n, p) == pytest.approx(direct, rel=1e-9, abs=1e-15)
+    assert er.binomial_tail_at_least(5, 10, 0.5) == pytest.approx(638 / 1024)
+
+
+def test_sign_test_is_two_sided_and_symmetric():
+    assert er.sign_test_two_sided(3, 0) == pytest.approx(0.25)
+    assert er.sign_test_two_sided(0, 3) == pytest.approx(0.25)
+    assert er.sign_test_two_sided(4, 4) == 1.0
+    assert er.sign_test_two_sided(0, 0) == 1.0
+
+
+def fake_report(correct_ids, n=10, name="m"):
+    items = [{"id": f"q{i}", "correct": f"q{i}" in correct_ids, "subject": "doctor"} for i in range(n)]
+    correct = sum(row["correct"] for row in items)
+    return {"accuracy": correct / n, "correct": correct, "total": n, "chance": 0.2, "mode": "letter",
+            "prompt": {"style": "train02"}, "model": {"name": name}, "set": {"name": "guide604"},
+            "per_subject": {"doctor": {"accuracy": correct / n, "correct": correct, "total": n, "chance": 0.2}},
+            "items": items}
+
+
+def test_compare_counts_gained_and_lost_items_by_id(tmp_path):
+    base = fake_report({"q0", "q1"}, name="base")
+    final = fake_report({"q1", "q2", "q3", "q4", "q5"}, name="final")
+    summary = er.compare([base, final], ["base", "final"])
+    versus = summary["columns"][1]["vs_first"]
+    assert versus["paired"] and versus["only_this_right"] == 4 and versus["only_first_right"] == 1
+    assert versus["delta_points"] == 30.0
+    assert versus["p_sign_test"] == pytest.approx(er.sign_test_two_sided(4, 1))
+    assert summary["columns"][1]["p_vs_chance"] == pytest.approx(er.binomial_tail_at_least(5, 10, 0.2))
+
+    paths = []
+    for name, report in (("base", base), ("final", final)):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(report), encoding="utf-8")
+        paths.append(str(path))
+    out = tmp_path / "summary.md"
+    assert er.main(["--compare", *paths, "--names", "base", "final", "--output", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "| overall | 20.0% | 20.0% (2/10) | 50.0% (5/10) |" in text
+    assert "+30.0 points (4 gained, 1 lost)" in text
+    assert json.loads(out.with_suffix(".json").read_text())["columns"][0]["name"] == "base"
+
+
+def test_a_file_that_is_not_a_report_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"hello": 1}', encoding="utf-8")
+    assert er.main(["--compare", str(bad)]) == 2
+    assert "not an evaluation report" in capsys.readouterr().err
