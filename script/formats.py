@@ -154,6 +154,99 @@ def mcq_reasoning_completion(reasoning: str, answer: str) -> str:
     return f"{MCQ_REASONING_START}\n{reasoning.strip()}\n{MCQ_REASONING_END}{answer.strip()}"
 
 
+# train_02 records. The reasoning per choice is built from the item itself (no model writes it):
+# upstream's `cot` where an item has one, else one verdict line per option (simple), or the four
+# ordinal steps of MCQ_DETAILED_FORMAT (detailed) for the share of items that gets the long prompt.
+DETAILED_FRACTION = 0.05  # the guide: 95% simple / 5% detailed
+MCQ_VERDICT_ANSWER = "정답"
+MCQ_VERDICT_OTHER = "오답"
+MCQ_OPTION_WORDS = 8  # option text is clipped to this many words inside the reasoning (it is generated)
+MCQ_CLUE_WORDS = 12
+_SENTENCE_END_RE = re.compile(r"(?<=[.?!])\s+")
+
+
+def mcq_item_options(item: Mapping) -> dict[str, str]:
+    """Options of an MCQ item as letter -> text, from ``options`` or flat ``A``..``E`` columns."""
+    source = item.get("options") if isinstance(item.get("options"), Mapping) else item
+    return {letter: str(source[letter]).strip() for letter in OPTION_LETTERS
+            if isinstance(source.get(letter), str) and source[letter].strip()}
+
+
+def _clip_words(text: str, limit: int) -> str:
+    words = text.split()
+    return " ".join(words[:limit]) + (" …" if len(words) > limit else "")
+
+
+def train02_is_detailed(item_id: str, seed: int = 42, fraction: float = DETAILED_FRACTION) -> bool:
+    """Whether an item gets the detailed format: a seeded hash of its id, so the choice does not
+    depend on file order, sample limits or the run (the same item is always in the same share)."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{item_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64 < fraction
+
+
+def option_percentages(letters: Sequence[str], answer: str, other: int = 5) -> dict[str, int]:
+    """Percent per option for the detailed 넷째 line: ``other`` each, the rest (the highest) to the answer."""
+    shares = {letter: other for letter in letters}
+    shares[answer] = 100 - other * (len(letters) - 1)
+    return shares
+
+
+def mcq_verdict_head(letter: str, text: str) -> str:
+    """``A) <option text, clipped>:`` -- a verdict line up to the verdict (evaluation reads the verdict here)."""
+    return f"{letter}) {_clip_words(text, MCQ_OPTION_WORDS)}:"
+
+
+def mcq_verdict_line(letter: str, text: str, is_answer: bool) -> str:
+    """One line of the simple train_02 reasoning: ``A) <option>: 정답`` or ``…: 오답``."""
+    return f"{mcq_verdict_head(letter, text)} {MCQ_VERDICT_ANSWER if is_answer else MCQ_VERDICT_OTHER}"
+
+
+def mcq_choice_reasoning(question: str, options: Mapping[str, str], answer: str, detailed: bool = False,
+                         cot: str | None = None) -> str:
+    """The reasoning of a train_02 completion.
+
+    simple:   upstream ``cot`` when given, else ``A) <option>: 오답`` per option (정답 for ``answer``);
+              kept short because the model generates it before every answer.
+    detailed: 첫째 (what the stem asks) / 둘째 (key clues: an excerpt of the stem) / 셋째 (the knowledge
+              applied, naming the answer; an excerpt of ``cot`` when given) / 넷째 (every option with a
+              percentage, summing to 100, the answer highest) -- evaluation.train02_format_checks passes.
+    """
+    if answer not in options:
+        raise ValueError(f"answer {answer!r} is not one of the options {sorted(options)}")
+    cot = " ".join(cot.split()) if isinstance(cot, str) else ""
+    if not detailed:
+        if cot:
+            return cot
+        return "\n".join(mcq_verdict_line(letter, text, letter == answer) for letter, text in options.items())
+    stem = " ".join(question.split())
+    sentences = [s for s in _SENTENCE_END_RE.split(stem) if s.strip()] or [stem]
+    asks = sentences[-1]
+    clues = " ".join(sentences[:-1]) or stem
+    knowledge = f"{_clip_words(cot, 30)} 따라서" if cot else "단서에 맞는 의학 지식을 적용하면"
+    shares = option_percentages(list(options), answer)
+    fourth = ", ".join(f"{letter}) {_clip_words(text, MCQ_OPTION_WORDS)}: "
+                       f"{'가장 적절함' if letter == answer else '가능성 낮음'} {shares[letter]}%"
+                       for letter, text in options.items())
+    return "\n".join([
+        f"{REASONING_ORDINALS[0]}: 문제가 묻는 것은 {_clip_words(asks, 20)} 입니다.",
+        f"{REASONING_ORDINALS[1]}: 핵심 단서는 {_clip_words(clues, MCQ_CLUE_WORDS)} 입니다.",
+        f"{REASONING_ORDINALS[2]}: {knowledge} 정답 선택지는 {answer}, 즉 {_clip_words(options[answer], MCQ_OPTION_WORDS)} 입니다.",
+        f"{REASONING_ORDINALS[3]}: {fourth}",
+    ])
+
+
+def train02_messages(item: Mapping, detailed: bool) -> list[dict]:
+    """A train_02 training conversation of a KorMedMCQA-style item (``question``, options, ``answer``,
+    optional ``cot``): the instruction prompt (with the format block when ``detailed``) and
+    ``<reasoning>…</reasoning>{answer}``."""
+    options = mcq_item_options(item)
+    reasoning = mcq_choice_reasoning(item["question"], options, item["answer"], detailed, item.get("cot"))
+    return build_messages(None, mcq_reasoning_user(item["question"], options, detailed=detailed),
+                          mcq_reasoning_completion(reasoning, item["answer"]))
+
+
 # ---------------------------------------------------------------------------
 # Chat template of the embedded tokenizer: Gemma 3's turn format, written for this project.
 # The system message becomes the start of the first user turn; "assistant" is spoken as "model";

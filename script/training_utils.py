@@ -132,6 +132,8 @@ class RunConfig:
     eval_samples: int
     args: dict = field(default_factory=dict)
     started_at: str = ""
+    # Adapters merged under the trained one (adapter_chain.json of --base-model); final/ keeps the list.
+    adapter_parents: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("model_config", "memory_config")}
@@ -366,18 +368,19 @@ def load_model_and_tokenizer(run: RunConfig, adapter_trainable: bool = True):
     """Base model (+ an existing adapter when ``run.base_model`` is an adapter dir) and its tokenizer.
 
     An adapter dir (``adapter_config.json``) loads on top of its recorded base model, trainable
-    (``is_trainable=True``: without it PEFT loads for inference and nothing trains).
+    (``is_trainable=True``: without it PEFT loads for inference and nothing trains). When it has
+    parents (``adapter_chain.json``, see ``resolve_adapter_chain``) they are merged into the base
+    first, in order, and recorded in ``run.adapter_parents`` so that ``final/`` keeps the chain.
     """
     path = ensure_model_available(run)
     import torch
 
     dtype = getattr(torch, run.dtype)
     if is_adapter_dir(path):
-        base_path = adapter_base_model(path, fallback=run.model_config.path)
-        ensure_model_available(base_path)
-        tokenizer = load_tokenizer(path if Path(path, "tokenizer_config.json").exists() else base_path)
-        model = load_base_model(base_path, run.device, dtype, run.quantization, run.gradient_checkpointing)
+        chain = resolve_adapter_chain(path)
+        model, tokenizer = load_merged_chain(run, chain[:-1], tokenizer_dirs=chain[-1:])
         model = load_adapter(model, path, is_trainable=adapter_trainable)
+        run.adapter_parents = chain[:-1]
     else:
         tokenizer = load_tokenizer(path)
         model = load_base_model(path, run.device, dtype, run.quantization, run.gradient_checkpointing)
@@ -588,6 +591,30 @@ def _format_seconds(seconds: float | None) -> str:
     return str(_dt.timedelta(seconds=int(seconds)))
 
 
+FAULT_KILL_ENV = "MEDGEMMA_KOREAN_KILL_AT_STEP"
+
+
+def fault_injection_callbacks() -> list:
+    """Reliability tests only: with ``MEDGEMMA_KOREAN_KILL_AT_STEP=N`` in the environment the process
+    SIGKILLs itself right after optimizer step N (a real ``kill -9``, at a known point, so a test can
+    check that ``--resume`` loses nothing). Unset, nothing is added."""
+    value = os.environ.get(FAULT_KILL_ENV)
+    if not value:
+        return []
+    kill_at = int(value)
+    base = _transformers_callback_base()
+
+    class KillAtStep(base):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == kill_at:
+                import signal
+
+                logger.warning("%s=%d: killing this process now (fault injection)", FAULT_KILL_ENV, kill_at)
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [KillAtStep()]
+
+
 EvalFn = Callable[[Any, int], dict]
 
 
@@ -609,9 +636,18 @@ def make_periodic_eval_callback(eval_fn: EvalFn, every: int, history: list[dict]
             history.append({"step": state.global_step, **metrics})
             logger.info("step %d periodic eval: %s", state.global_step, metrics)
             if self.trainer is not None:
-                self.trainer.log({f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+                log_from_step_end(self.trainer, control,
+                                  {f"eval_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
 
     return PeriodicEvalCallback()
+
+
+def log_from_step_end(trainer, control, metrics: dict) -> None:
+    """``trainer.log`` from inside ``on_step_end`` without losing the step's training loss: logging
+    clears ``control.should_log``, which the Trainer reads right after the callbacks to log the loss."""
+    should_log = control.should_log
+    trainer.log(metrics)
+    control.should_log = should_log
 
 
 # ---------------------------------------------------------------------------
@@ -669,7 +705,7 @@ def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(TENSORBOARD_DIR / f"{run.stage}_{run.model_name}")
     config = build_sft_config(run, has_eval=eval_dataset is not None, **config_overrides)
     callbacks = [make_progress_callback(LOG_DIR / f"progress_{run.model_name}.txt", run.stage, run.model_name),
-                 *callbacks]
+                 *callbacks, *fault_injection_callbacks()]
     trainer = SFTTrainer(model=model, args=config, train_dataset=train_dataset, eval_dataset=eval_dataset,
                          processing_class=tokenizer, callbacks=callbacks)
     if run.quantization != "none":
@@ -688,10 +724,32 @@ def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=
     return trainer
 
 
-def last_checkpoint(output_dir: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_checkpoint(output_dir: Path, remove_incomplete: bool = False) -> str | None:
+    """The newest *complete* ``checkpoint-N`` in ``output_dir`` (None when there is none).
 
-    return get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    The Trainer writes a checkpoint in place and its ``trainer_state.json`` last, so a run killed
+    while saving leaves a ``checkpoint-N`` without it; resuming from that would fail or lose the
+    optimizer state. Such a directory is skipped, and removed when ``remove_incomplete`` (so the
+    resumed run can write ``checkpoint-N`` again; it holds nothing that can be used).
+    """
+    import re
+    import shutil
+
+    if not Path(output_dir).is_dir():
+        return None
+    found = []
+    for path in Path(output_dir).iterdir():
+        match = re.fullmatch(r"checkpoint-(\d+)", path.name)
+        if match and path.is_dir():
+            found.append((int(match.group(1)), path))
+    for _, path in sorted(found, reverse=True):
+        if (path / "trainer_state.json").is_file():
+            return str(path)
+        logger.warning("%s is incomplete (no trainer_state.json: the run was stopped while saving)%s", path,
+                       "; removing it" if remove_incomplete else "")
+        if remove_incomplete:
+            shutil.rmtree(path)
+    return None
 
 
 # ---------------------------------------------------------------------------
@@ -733,12 +791,14 @@ def peak_memory_bytes(device: str) -> int | None:
         return None
 
 
-def save_final(model, tokenizer, output_dir: Path) -> Path:
-    """``final/`` = adapter + tokenizer, written to a temp dir and renamed into place."""
+def save_final(model, tokenizer, output_dir: Path, parents: Sequence[str] = ()) -> Path:
+    """``final/`` = adapter + tokenizer (+ ``adapter_chain.json`` naming ``parents``, the adapters
+    merged under it), written to a temp dir and renamed into place."""
 
     def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        write_adapter_chain(tmp, parents)
 
     return atomic_write_dir(output_dir / "final", save)
 
@@ -817,7 +877,7 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
     """
     resume_from = None
     if run.resume:
-        resume_from = last_checkpoint(run.output_dir)
+        resume_from = last_checkpoint(run.output_dir, remove_incomplete=True)
         if resume_from:
             logger.info("resuming from %s", resume_from)
         else:
@@ -828,7 +888,7 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
     before = evaluate(trainer.model) if evaluate and not resume_from else {}
     logger.info("*** Train ***")
     result = trainer.train(resume_from_checkpoint=resume_from)
-    final = save_final(trainer.model, tokenizer, run.output_dir)
+    final = save_final(trainer.model, tokenizer, run.output_dir, parents=run.adapter_parents)
     logger.info("saved adapter and tokenizer to %s", final)
     metrics = dict(result.metrics)
     metrics["train_loss"] = float(result.training_loss)
@@ -919,3 +979,676 @@ def train_refined_type(type_name: str, description: str, metric: TypeMetric, arg
         target=(f"validation_{name}", op, value),
     )
 
+
+
+# ===========================================================================
+# Simplified pipeline (train_00 / train_01 / train_01_with_00_monitor / train_02, the 01-02 loop
+# and add_lora_adapter.py): adapter chains, plain-text streaming, dictionaries, train_02 records,
+# and the bodies of the trainers, so that each script stays a few lines.
+# ===========================================================================
+STAGE_00 = "00_trained"
+STAGE_01 = "01_trained"
+STAGE_02 = "02_trained"
+ADAPTER_CHAIN_FILE = "adapter_chain.json"
+STEER_SET_CHOICES = ("steer", "guide604")
+PLAIN_TEXT_PATTERN = "train-*.jsonl"
+PLAIN_TEXT_HOLDOUT_WINDOW = 2000  # held-out texts come from the first lines of each shard: no full scan
+PLAIN_TEXT_ESTIMATE_RECORDS = 256  # records tokenized to estimate how many packed rows a stream makes
+MAX_REJECT_FRACTION = 0.05
+
+
+# ---- adapter chains --------------------------------------------------------------------------
+def resolve_adapter_chain(adapter_dir: str | Path) -> list[str]:
+    """The adapters that make up ``adapter_dir`` in the order they apply: its parents, then itself.
+
+    ``adapter_chain.json`` beside ``adapter_config.json`` lists the parents, ``{"parents": [dir, ...]}``
+    with absolute paths (add_lora_adapter.py writes it already flattened). A parent with a chain of
+    its own is expanded as well and every adapter appears once. Without the file: the adapter alone.
+    """
+    return _adapter_chain(Path(adapter_dir), frozenset())
+
+
+def _adapter_chain(adapter_dir: Path, visiting: frozenset) -> list[str]:
+    from script.data_io import read_json
+
+    chain_file = adapter_dir / ADAPTER_CHAIN_FILE
+    if not chain_file.is_file():
+        return [str(adapter_dir)]
+    data = read_json(chain_file)
+    parents = data.get("parents") if isinstance(data, dict) else None
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p.strip() for p in parents):
+        raise ConfigError(f'{chain_file}: expected {{"parents": ["<adapter dir>", ...]}}')
+    visiting = visiting | {adapter_dir.resolve()}
+    chain: list[str] = []
+    for parent in parents:
+        if Path(parent).resolve() in visiting:
+            raise ConfigError(f"{chain_file}: parent {parent} leads back to {adapter_dir} (a loop)")
+        if not is_adapter_dir(parent):
+            raise ConfigError(f"{chain_file}: parent {parent} is not an adapter dir (no adapter_config.json)")
+        for link in _adapter_chain(Path(parent), visiting):
+            if all(Path(link).resolve() != Path(known).resolve() for known in chain):
+                chain.append(link)
+    return [*chain, str(adapter_dir)]
+
+
+def write_adapter_chain(adapter_dir: str | Path, parents: Sequence[str]) -> None:
+    """``adapter_chain.json`` naming ``parents`` (absolute paths); nothing when there are none."""
+    if parents:
+        atomic_write_json(Path(adapter_dir) / ADAPTER_CHAIN_FILE,
+                          {"parents": [str(Path(p).resolve()) for p in parents]})
+
+
+def merge_adapters(model, adapters: Sequence[str], quantization: str = "none"):
+    """Merge each adapter into the weights, in order (``PeftModel.from_pretrained(...).merge_and_unload()``)."""
+    if not adapters:
+        return model
+    from peft import PeftModel
+
+    if quantization != "none":
+        logger.warning("merging %d adapter(s) into %s weights: the merged weights are rounded to that precision "
+                       "(evaluation merges in full precision)", len(adapters), quantization)
+    for adapter in adapters:
+        logger.info("merging adapter %s into the base weights", adapter)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    return model
+
+
+def load_merged_chain(run: RunConfig, parents: Sequence[str], tokenizer_dirs: Sequence[str] = ()):
+    """(model, tokenizer): the base model of a chain with ``parents`` merged into it, and the tokenizer
+    of the last of ``parents`` + ``tokenizer_dirs`` that saved one (a vocabulary extension travels
+    with its adapter), else the base model's. The base is the one the first adapter names."""
+    import torch
+
+    adapters = [*parents, *tokenizer_dirs]
+    base_path = adapter_base_model(adapters[0], fallback=run.model_config.path) if adapters else run.base_model
+    ensure_model_available(base_path)
+    tokenizer_dir = next((a for a in reversed(adapters) if Path(a, "tokenizer_config.json").is_file()), base_path)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = load_base_model(base_path, run.device, getattr(torch, run.dtype), run.quantization,
+                            run.gradient_checkpointing)
+    return merge_adapters(model, list(parents), run.quantization), tokenizer
+
+
+def adapter_chain_callbacks(run: RunConfig) -> list:
+    """Every ``checkpoint-N/`` of a run on merged parents gets ``adapter_chain.json`` too, so a
+    checkpoint is evaluated on the same weights it was trained on, like ``final/``."""
+    if not run.adapter_parents:
+        return []
+    parents = list(run.adapter_parents)
+    base = _transformers_callback_base()
+
+    class AdapterChainCallback(base):
+        def on_save(self, args, state, control, **kwargs):
+            checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and checkpoint.is_dir():
+                write_adapter_chain(checkpoint, parents)
+
+    return [AdapterChainCallback()]
+
+
+# ---- KorMedMCQA steering set ------------------------------------------------------------------
+def add_steering_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steer-on", choices=STEER_SET_CHOICES, default="steer",
+                        help="KorMedMCQA set of the periodic and final evaluations (and the loop's stop rule): "
+                             "steer = a held-out slice of KorMedMCQA train (default); guide604 = the guide's "
+                             "test set, whose accuracy then stops being a held-out measure (recorded, warned)")
+
+
+def steering_items(run: RunConfig, steer_on: str = "steer") -> tuple[list[dict], str | None]:
+    """``--eval-samples`` items (0 = all) of the steering set, seeded; ([], None) when it is missing."""
+    from script.evaluation import SET_ALIASES, load_eval_items
+    from script.training_config import KORMEDMCQA_TEST_DIR
+
+    if steer_on not in STEER_SET_CHOICES:
+        raise ConfigError(f"--steer-on {steer_on!r}: expected one of {', '.join(STEER_SET_CHOICES)}")
+    if steer_on != "steer":
+        logger.warning("--steer-on %s: evaluating on a TEST set; the accuracies of this run are not held-out "
+                       "measures and must not be reported as test results", steer_on)
+    path = KORMEDMCQA_TEST_DIR / SET_ALIASES[steer_on]
+    if not path.is_file():
+        logger.warning("no %s set at %s (python -m script.extract_kormedmcqa_test --set all): "
+                       "KorMedMCQA evaluation is off for this run", steer_on, path)
+        return [], None
+    items = load_eval_items(path, n=run.eval_samples if run.eval_samples > 0 else None, seed=run.seed)
+    logger.info("KorMedMCQA evaluation: %d questions of %s", len(items), path)
+    return items, str(path)
+
+
+def train02_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 8,
+                    max_new_tokens: int | None = None) -> EvalFn:
+    """``fn(model, step) -> metrics`` of greedy train02-style generations on ``items``: accuracy
+    (percent), and the mean train02 score (answer 2/3 + reasoning format 1/3) of the same outputs."""
+    from script.evaluation import PROMPT_TRAIN02, generate_mcq_answers, train02_score
+
+    items = list(items)
+
+    def eval_fn(model, step: int = -1) -> dict:
+        predictions = generate_mcq_answers(model, tokenizer, items, style=PROMPT_TRAIN02, batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens)
+        scores = [train02_score(p["raw_output"], item["answer"], item["options"])
+                  for p, item in zip(predictions, items)]
+        total = len(items)
+        correct = sum(bool(p["correct"]) for p in predictions)
+        return {"accuracy": round(100.0 * correct / total, 2) if total else 0.0, "correct": correct, "total": total,
+                "train02_score": round(sum(map(float, scores)) / total, 4) if total else 0.0,
+                "format_ok": sum(s.format_ok for s in scores), "stopped": sum(bool(p["stopped"]) for p in predictions)}
+
+    return eval_fn
+
+
+def prefixed(prefix: str, metrics: dict) -> dict:
+    return {f"{prefix}{k}": v for k, v in metrics.items()}
+
+
+# ---- plain text (train_00, the forgetting monitor) ---------------------------------------------
+def plain_text_files(data: str | Path) -> list[Path]:
+    """The ``train-*.jsonl`` shards of a plain-text dir (or one JSONL file), in name order."""
+    data = Path(data)
+    if data.is_file():
+        return [data]
+    files = sorted(data.glob(PLAIN_TEXT_PATTERN)) if data.is_dir() else []
+    if not files:
+        raise ConfigError(f"{data}: no {PLAIN_TEXT_PATTERN} shards; build them with "
+                          "python -m refine_scripts.refine_plain_text (make data)")
+    return files
+
+
+def plain_text_problem(record: dict) -> str | None:
+    text = record.get("text")
+    if text is None:
+        return "missing field 'text' (expected {\"id\", \"source\", \"text\"})"
+    if not isinstance(text, str):
+        return f"field 'text' should be a string, found {type(text).__name__}"
+    return None if text.strip() else "field 'text' is empty"
+
+
+def _plain_text_key(record: dict, path: str | Path, line: int) -> str:
+    return str(record.get("id") or f"{Path(path).name}:{line}")
+
+
+def _seeded_rank(key: str, seed: int) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "big")
+
+
+def _ignore_reject(reject) -> None:
+    """For readers that only peek at the first lines: the stream reports every bad line, once."""
+
+
+def plain_text_heldout(files: Sequence[Path], n: int, seed: int,
+                       window: int = PLAIN_TEXT_HOLDOUT_WINDOW) -> list[dict]:
+    """``n`` texts kept out of training, ``{"id", "text"}``: the lowest seeded hash ranks among the
+    first ``window`` records of every shard (so every source is represented and only those lines
+    are read). A smaller ``n`` gives a subset of a larger one: with the same seed, the forgetting
+    monitor of train_01 (32 texts) reads texts that train_00 (64 held out) never trained on.
+    """
+    import itertools
+
+    if n <= 0:
+        return []
+    candidates = []
+    for path in files:
+        for line, record in itertools.islice(iter_plain_text(path), window):
+            key = _plain_text_key(record, path, line)
+            candidates.append((_seeded_rank(key, seed), key, record["text"]))
+    candidates.sort()
+    return [{"id": key, "text": text} for _, key, text in candidates[:n]]
+
+
+def iter_plain_text(path: str | Path, on_reject=_ignore_reject):
+    """``(line, record)`` of the good lines of one plain-text shard, streamed."""
+    from script.data_io import iter_jsonl
+
+    return iter_jsonl(path, plain_text_problem, on_reject=on_reject)
+
+
+def plain_text_stream(files: Sequence[Path], exclude_ids: set[str], max_samples: int | None, seed: int,
+                      buffer_size: int, rejects: dict):
+    """A streamed ``datasets.IterableDataset`` of ``{"text"}``: the shards read line by line (never
+    all in memory), held-out ids left out, the first ``max_samples`` records only, shuffled with a
+    seeded buffer (the shard order is shuffled too, and differently each epoch, still seeded).
+    Bad lines are logged ``path:line: reason`` once and collected in ``rejects``.
+    """
+    from datasets import IterableDataset
+
+    def keep_reject(reject) -> None:
+        if (reject.path, reject.line) not in rejects:
+            logger.warning("%s", reject)
+            rejects[(reject.path, reject.line)] = reject
+
+    def rows(files: list[str]):
+        for path in files:
+            for line, record in iter_plain_text(path, keep_reject):
+                if _plain_text_key(record, path, line) not in exclude_ids:
+                    yield {"text": record["text"]}
+
+    dataset = IterableDataset.from_generator(rows, gen_kwargs={"files": [str(f) for f in files]})
+    if max_samples:
+        dataset = dataset.take(max_samples)  # the same first records every epoch, whatever the shuffle
+    return dataset.shuffle(seed=seed, buffer_size=buffer_size)
+
+
+def plain_text_step_plan(tokenizer, files: Sequence[Path], exclude_ids: set[str], records: int,
+                         run: RunConfig) -> dict:
+    """``max_steps`` of a streamed, packed run (an IterableDataset has no length the Trainer could count).
+
+    packed rows = records x mean tokens per record (``<bos>`` text ``<eos>``, measured on the first
+    records) / max_length; steps = rows x epochs / effective batch. Rejected lines are counted as
+    records, so the estimate errs towards a little more than the requested epochs.
+    """
+    import math
+
+    lengths: list[int] = []
+    for path in files:
+        for line, record in iter_plain_text(path):
+            if _plain_text_key(record, path, line) not in exclude_ids:
+                lengths.append(len(tokenizer(record["text"])["input_ids"]) + 1)
+            if len(lengths) >= PLAIN_TEXT_ESTIMATE_RECORDS:
+                break
+        if len(lengths) >= PLAIN_TEXT_ESTIMATE_RECORDS:
+            break
+    if not lengths:
+        raise ConfigError(f"{files[0].parent}: no usable plain-text records")
+    mean_tokens = sum(lengths) / len(lengths)
+    rows = max(1, math.ceil(records * mean_tokens / run.max_length))
+    effective_batch = run.batch * run.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
+    steps_per_epoch = max(1, math.ceil(rows / effective_batch))
+    return {"records": records, "mean_tokens_per_record": round(mean_tokens, 1), "measured_on": len(lengths),
+            "packed_rows_per_epoch": rows, "effective_batch": effective_batch, "steps_per_epoch": steps_per_epoch,
+            "max_steps": max(1, math.ceil(steps_per_epoch * run.epochs))}
+
+
+def plain_text_perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
+                          max_length: int = 512) -> dict:
+    """Token-weighted perplexity of plain texts (``<bos>`` + text, cut at ``max_length`` tokens):
+    the language-modelling loss of train_00 on held-out text, exp(total NLL / predicted tokens)."""
+    import math
+
+    import torch
+
+    device = next(model.parameters()).device
+    encoded = [list(tokenizer(text)["input_ids"])[:max_length] for text in texts]
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in range(0, len(encoded), batch_size):
+            batch = encoded[begin: begin + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               use_cache=False).logits
+            for row, ids in enumerate(batch):  # row by row: fp32 logits of a whole batch can be GBs
+                n = len(ids) - 1
+                if n > 0:
+                    target = input_ids[row, 1: n + 1].to(device)
+                    total_nll += float(torch.nn.functional.cross_entropy(logits[row, :n].float(), target,
+                                                                         reduction="sum"))
+                    total_tokens += n
+    finally:
+        model.train(was_training)
+    mean_nll = total_nll / total_tokens if total_tokens else float("nan")
+    return {"perplexity": math.exp(mean_nll) if total_tokens else float("nan"), "mean_nll": mean_nll,
+            "tokens": total_tokens, "texts": len(texts)}
+
+
+def make_plain_text_monitor(tokenizer, texts: Sequence[str], every: int, history: list[dict], batch_size: int,
+                            max_length: int, rise_threshold: float | None = None, at_start: bool = False,
+                            name: str = "plain_text"):
+    """Every ``every`` optimizer steps (and at the start with ``at_start``), the perplexity of
+    ``texts`` -> ``history``, TensorBoard (``<name>_perplexity``) and the progress file.
+
+    With ``rise_threshold`` (a fraction), a value more than that much above the first one is
+    flagged ``"forgetting": true`` and warned about: training on something else is erasing what
+    the model knew of plain text.
+    """
+    texts = list(texts)
+    base = _transformers_callback_base()
+
+    class PlainTextMonitor(base):
+        trainer = None
+        reference: dict | None = None
+
+        def measure(self, model, step: int, control=None) -> None:
+            result = plain_text_perplexity(model, tokenizer, texts, batch_size, max_length)
+            entry = {"step": step, "perplexity": round(result["perplexity"], 4), "tokens": result["tokens"]}
+            if self.reference is None:
+                self.reference = entry
+            elif rise_threshold is not None and entry["perplexity"] > self.reference["perplexity"] * (1 + rise_threshold):
+                entry["forgetting"] = True
+                logger.warning("step %d: plain-text perplexity %.4g is more than %.0f%% above its value at step %d "
+                               "(%.4g): the model is forgetting plain Korean", step, entry["perplexity"],
+                               100 * rise_threshold, self.reference["step"], self.reference["perplexity"])
+            history.append(entry)
+            logger.info("step %d %s perplexity: %.4g", step, name, entry["perplexity"])
+            if self.trainer is not None and control is not None:
+                log_from_step_end(self.trainer, control, {f"{name}_perplexity": entry["perplexity"]})
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            if at_start and state.is_world_process_zero and texts:
+                self.measure(model, state.global_step, control)
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if every > 0 and texts and state.global_step % every == 0 and state.is_world_process_zero:
+                self.measure(model, state.global_step, control)
+
+    return PlainTextMonitor()
+
+
+# ---- dictionaries (train_01) and KorMedMCQA-style items (train_02) ----------------------------
+def dictionary_entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict):
+        return f"expected an object with 'term' and 'definition', found {type(entry).__name__}"
+    for name in ("term", "definition"):
+        value = entry.get(name)
+        if value is None:
+            return f"missing field {name!r}"
+        if not isinstance(value, str):
+            return f"field {name!r} should be a string, found {type(value).__name__}"
+        if not value.strip():
+            return f"field {name!r} is empty"
+    return None
+
+
+def load_dictionary_records(paths: Sequence[str | Path], rejects_path: Path | None = None) -> tuple[list[dict], dict]:
+    """Dictionary JSON arrays (``[{"term", "definition"}, ...]``) -> train_01 records (``messages`` in
+    formats.dictionary_messages). A malformed entry is reported ``path: entry [i]: reason``, written
+    to the rejects file and skipped; per-file counts come back with the records."""
+    from script.data_io import DataError, atomic_write_jsonl, read_json
+
+    records: list[dict] = []
+    rejects: list[dict] = []
+    stats: dict[str, dict] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise ConfigError(f"{path} does not exist; build the dictionaries first "
+                              "(python -m refine_scripts.refine_dictionaries, or make data)")
+        entries = read_json(path)
+        if not isinstance(entries, list):
+            raise DataError(f"{path}: expected a JSON array of {{\"term\", \"definition\"}} objects, "
+                            f"found {type(entries).__name__}")
+        kept = 0
+        for index, entry in enumerate(entries):
+            reason = dictionary_entry_problem(entry)
+            if reason:
+                logger.warning("%s: entry [%d]: %s", path, index, reason)
+                rejects.append({"source": str(path), "index": index, "reason": reason,
+                                "raw": json.dumps(entry, ensure_ascii=False)[:2000]})
+                continue
+            records.append({"id": f"{path.stem}:{index}", "source": path.stem,
+                            "messages": formats.dictionary_messages(entry["term"].strip(), entry["definition"].strip())})
+            kept += 1
+        stats[str(path)] = {"entries": len(entries), "kept": kept, "rejected": len(entries) - kept}
+    if rejects:
+        rejects_path = rejects_path or LOG_DIR / "rejects_dictionaries.jsonl"
+        atomic_write_jsonl(rejects_path, rejects)
+        logger.warning("%d malformed dictionary entries skipped (written to %s)", len(rejects), rejects_path)
+    if not records:
+        raise DataError(f"no usable dictionary entries in {', '.join(map(str, paths))}")
+    return records, stats
+
+
+def mcq_item_problem(record: dict) -> str | None:
+    """Contract of a 02_kor_med_test item: question, options A.. in order, answer among them, cot optional."""
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        return "field 'question' should be a non-empty string"
+    letters = list(formats.mcq_item_options(record))
+    if len(letters) < 2 or letters != list(formats.OPTION_LETTERS[: len(letters)]):
+        return f"options should be non-empty strings A, B, ... in order, found {letters}"
+    if record.get("answer") not in letters:
+        return f"field 'answer' should be one of {', '.join(letters)}, found {record.get('answer')!r}"
+    if record.get("cot") is not None and not isinstance(record["cot"], str):
+        return "field 'cot' should be a string"
+    return None
+
+
+def load_mcq_items(path: Path) -> list[dict]:
+    """02_kor_med_test items; bad lines reported ``path:line: reason``, kept in a rejects file, counted."""
+    from script.data_io import read_jsonl
+
+    if not path.is_file():
+        raise ConfigError(f"{path} does not exist; build it first (python -m refine_scripts.refine_kor_med_test, "
+                          "or make data)")
+    rejects = LOG_DIR / f"rejects_{path.parent.name}_{path.stem}.jsonl"
+    report = read_jsonl(path, mcq_item_problem, rejects_path=rejects, max_reject_fraction=MAX_REJECT_FRACTION)
+    if report.rejects:
+        logger.warning("%s: %d bad lines skipped (written to %s)", path, len(report.rejects), rejects)
+    if not report.records:
+        raise ConfigError(f"{path}: no usable items")
+    return [dict(item, id=str(item.get("id") or f"{path.stem}:{i}")) for i, item in enumerate(report.records)]
+
+
+def train02_records(items: Sequence[dict], seed: int, detailed_fraction: float = formats.DETAILED_FRACTION
+                    ) -> list[dict]:
+    """train_02 records: each item in the simple or (for a seeded ``detailed_fraction`` of ids) the
+    detailed format of formats.train02_messages."""
+    records = []
+    for item in items:
+        detailed = formats.train02_is_detailed(item["id"], seed, detailed_fraction)
+        records.append({"id": item["id"], "detailed": detailed, "messages": formats.train02_messages(item, detailed)})
+    return records
+
+
+# ---- run records -------------------------------------------------------------------------------
+def training_options(trainer, **extra) -> dict:
+    """The speed/memory options a run used, for training_info.json."""
+    args = trainer.args
+    model = getattr(trainer.model, "base_model", trainer.model)
+    return {
+        "packing": bool(args.packing),
+        "packing_strategy": args.packing_strategy if args.packing else None,
+        "padding_free": bool(getattr(trainer, "padding_free", False)),
+        "completion_only_loss": getattr(trainer, "completion_only_loss", None),
+        "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)
+                                       or getattr(args, "activation_checkpointing", False)),
+        "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
+        "bf16": bool(args.bf16),
+        "optim": str(getattr(args.optim, "value", args.optim)),
+        **extra,
+    }
+
+
+def update_training_info(run: RunConfig, info: dict, **fields) -> dict:
+    """Add fields known only after ``train_and_save`` (final accuracy, reject counts) to the record."""
+    info.update(fields)
+    atomic_write_json(run.output_dir / "training_info.json", info)
+    return info
+
+
+# ---- the trainers' bodies ----------------------------------------------------------------------
+NO_PACKING_WHY = ("prompt/completion records with completion-only loss under eager attention: packed rows "
+                  "would attend across records (padding-free packing needs flash attention)")
+
+
+def train_plain_text(description: str, argv: list[str] | None = None, script: str = "train_00_plain_text") -> dict:
+    """train_00: continued pretraining (plain language modelling) on the 00_plain_text shards."""
+    from script.training_config import CLEAN_DIR
+
+    parser = build_arg_parser(description, epochs=1)
+    parser.add_argument("--data", type=Path, default=CLEAN_DIR / "00_plain_text",
+                        help="dir of train-*.jsonl shards ({\"id\", \"source\", \"text\"}) or one JSONL file "
+                             "(default: %(default)s)")
+    parser.add_argument("--validation-samples", type=int, default=64,
+                        help="held-out texts for the perplexity before/after and every --show-samples-every "
+                             "steps; seeded, never trained on (default: %(default)s)")
+    parser.add_argument("--shuffle-buffer", type=int, default=10_000,
+                        help="records in the seeded shuffle buffer of the stream (default: %(default)s)")
+    args = parser.parse_args(argv)
+    run = start_run(args, stage=STAGE_00, script=script, train_embeddings=True, use_rslora=True)
+
+    files = plain_text_files(args.data)
+    data_files = [describe_data_file(f) for f in files]
+    heldout = plain_text_heldout(files, args.validation_samples, run.seed)
+    texts = [r["text"] for r in heldout]
+    exclude = {r["id"] for r in heldout}
+    records = max(0, sum(d["rows"] for d in data_files) - len(heldout))
+    records = min(records, run.max_samples) if run.max_samples else records
+    if records == 0:
+        raise ConfigError(f"{args.data}: nothing left to train on after holding out {len(heldout)} texts")
+    rejects: dict = {}
+    dataset = plain_text_stream(files, exclude, run.max_samples, run.seed, args.shuffle_buffer, rejects)
+    logger.info("plain text: %d shards, ~%d training records (streamed), %d held out", len(files), records, len(texts))
+
+    model, tokenizer = load_model_and_tokenizer(run)
+    model = attach_lora(model, run)
+    plan = plain_text_step_plan(tokenizer, files, exclude, records, run)
+    max_steps = run.max_steps if run.max_steps > 0 else plan["max_steps"]
+    logger.info("step plan: %s -> max_steps %d", plan, max_steps)
+    history: list[dict] = []
+    callbacks = adapter_chain_callbacks(run)
+    if run.show_samples_every > 0 and texts:
+        callbacks.append(make_plain_text_monitor(tokenizer, texts, run.show_samples_every, history, run.batch,
+                                                 run.max_length, name="validation"))
+    # Dense text: "wrapped" packing fills every row (no padding, no token dropped); attention across
+    # the <eos> between documents is the usual trade of pretraining and needs no flash attention.
+    trainer = build_trainer(run, model, tokenizer, dataset, callbacks=callbacks, max_steps=max_steps,
+                            dataset_text_field="text", packing=True, packing_strategy="wrapped",
+                            completion_only_loss=False, save_strategy="steps",
+                            save_steps=run.save_steps or min(500, plan["steps_per_epoch"]))
+
+    def evaluate(trained) -> dict:
+        return prefixed("validation_", plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length))
+
+    info = train_and_save(
+        run, trainer, tokenizer,
+        extra_info={"train_samples": records, "validation_samples": len(texts), "validation_history": history,
+                    "data_files": data_files, "step_plan": plan, "streaming": True,
+                    "training_options": training_options(trainer, streaming=True)},
+        evaluate=evaluate if texts else None)
+    if rejects:
+        from script.data_io import write_rejects
+
+        rejects_path = LOG_DIR / "rejects_00_plain_text.jsonl"
+        write_rejects(rejects_path, rejects.values())
+        logger.warning("%d bad plain-text lines skipped (written to %s)", len(rejects), rejects_path)
+    return update_training_info(run, info, data_rejects=len(rejects))
+
+
+def train_dictionary(description: str, argv: list[str] | None = None, script: str = "train_01_medical_dict",
+                     monitor: bool = False) -> dict:
+    """train_01: the medical and character dictionaries in the guide's turn format; with ``monitor``,
+    also the plain-text perplexity every N steps (train_01_with_00_monitor)."""
+    from script.training_config import CLEAN_DIR, REFINED_DIR
+
+    parser = build_arg_parser(description, epochs=3)
+    parser.add_argument("--dictionaries", nargs="+",
+                        default=[str(REFINED_DIR / "01_medical_dict.json"), str(REFINED_DIR / "02_char_dict.json")],
+                        help="dictionary JSON arrays of {\"term\", \"definition\"} (default: %(default)s)")
+    add_steering_args(parser)
+    if monitor:
+        m = parser.add_argument_group("plain-text forgetting monitor")
+        m.add_argument("--monitor-data", type=Path, default=CLEAN_DIR / "00_plain_text",
+                       help="plain-text shards (or one JSONL file) to draw the monitored texts from (default: %(default)s)")
+        m.add_argument("--monitor-samples", type=int, default=32,
+                       help="held-out plain texts measured each time; seeded, the same every time, and a subset "
+                            "of what train_00 held out with the same seed (default: %(default)s)")
+        m.add_argument("--monitor-every", type=int, default=None,
+                       help="measure every N optimizer steps (default: --show-samples-every); 0 = start and end only")
+        m.add_argument("--forgetting-threshold", type=float, default=0.10,
+                       help="warn when the perplexity rises more than this fraction above its value at the start "
+                            "(default: %(default)s = 10%%)")
+    args = parser.parse_args(argv)
+    run = start_run(args, stage=STAGE_01, script=script)
+
+    records, dictionary_stats = load_dictionary_records(args.dictionaries)
+    train_records = select_samples(records, run.max_samples, run.seed)
+    logger.info("dictionaries: %d entries, training on %d", len(records), len(train_records))
+    model, tokenizer = load_model_and_tokenizer(run)
+    model = attach_lora(model, run)
+
+    items, steer_file = steering_items(run, args.steer_on)
+    letter_eval = None
+    history: list[dict] = []
+    callbacks = adapter_chain_callbacks(run)
+    if items:
+        from script.evaluation import make_mcq_eval_fn
+
+        letter_eval = make_mcq_eval_fn(tokenizer, items, run.batch)
+        if run.show_samples_every > 0:
+            callbacks.append(make_periodic_eval_callback(letter_eval, run.show_samples_every, history))
+    plain_history: list[dict] = []
+    monitor_info: dict = {}
+    if monitor:
+        texts = [r["text"] for r in plain_text_heldout(plain_text_files(args.monitor_data), args.monitor_samples,
+                                                         run.seed)]
+        every = run.show_samples_every if args.monitor_every is None else args.monitor_every
+        callbacks.append(make_plain_text_monitor(tokenizer, texts, every, plain_history, run.batch, run.max_length,
+                                                 rise_threshold=args.forgetting_threshold, at_start=True))
+        monitor_info = {"monitor_data": str(args.monitor_data), "monitor_samples": len(texts),
+                        "monitor_every": every, "forgetting_threshold": args.forgetting_threshold}
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(train_records), callbacks=callbacks)
+
+    def evaluate(trained) -> dict:
+        metrics = prefixed("steer_", letter_eval(trained, -1)) if letter_eval else {}
+        if monitor and texts:
+            result = plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length)
+            metrics["plain_text_perplexity"] = result["perplexity"]
+        return metrics
+
+    info = train_and_save(
+        run, trainer, tokenizer,
+        extra_info={"train_samples": len(train_records), "validation_samples": len(items),
+                    "validation_set": steer_file, "steer_on": args.steer_on, "validation_history": history,
+                    "data_files": [describe_data_file(p) for p in args.dictionaries],
+                    "dictionary_entries": dictionary_stats,
+                    "training_options": training_options(trainer, packing_why_not=NO_PACKING_WHY),
+                    **({"plain_text_history": plain_history, **monitor_info} if monitor else {})},
+        evaluate=evaluate if (letter_eval or monitor) else None)
+    extra = {"final_accuracy": info["metrics"].get("steer_accuracy")}
+    if monitor:
+        extra["forgetting_detected"] = any(e.get("forgetting") for e in plain_history)
+    return update_training_info(run, info, **extra)
+
+
+def train_mcq_reasoning(description: str, argv: list[str] | None = None, script: str = "train_02_kor_med_test"
+                        ) -> dict:
+    """train_02: KorMedMCQA-style questions answered as ``<reasoning>…</reasoning>{letter}``."""
+    from script.training_config import CLEAN_DIR
+
+    parser = build_arg_parser(description, epochs=3)
+    parser.add_argument("--data", type=Path, default=CLEAN_DIR / "02_kor_med_test" / "train.jsonl",
+                        help="items {id, question, A..E, answer, cot?} (default: %(default)s)")
+    parser.add_argument("--detailed-fraction", type=float, default=formats.DETAILED_FRACTION,
+                        help="share of items (chosen by a seeded hash of their id) trained in the detailed "
+                             "첫째..넷째 format; the rest get the simple one (default: %(default)s)")
+    parser.add_argument("--max-new-tokens", type=int, default=256,
+                        help="generation budget of the evaluations (reasoning + answer) (default: %(default)s)")
+    add_steering_args(parser)
+    args = parser.parse_args(argv)
+    if not 0 <= args.detailed_fraction <= 1:
+        parser.error(f"--detailed-fraction {args.detailed_fraction}: expected a fraction between 0 and 1")
+    run = start_run(args, stage=STAGE_02, script=script)
+
+    items = select_samples(load_mcq_items(args.data), run.max_samples, run.seed)
+    records = train02_records(items, run.seed, args.detailed_fraction)
+    detailed = sum(r["detailed"] for r in records)
+    logger.info("train_02: %d items, %d in the detailed format", len(records), detailed)
+    model, tokenizer = load_model_and_tokenizer(run)
+    model = attach_lora(model, run)
+
+    steer, steer_file = steering_items(run, args.steer_on)
+    eval_fn = train02_eval_fn(tokenizer, steer, run.batch, args.max_new_tokens) if steer else None
+    history: list[dict] = []
+    callbacks = adapter_chain_callbacks(run)
+    if eval_fn and run.show_samples_every > 0:
+        callbacks.append(make_periodic_eval_callback(eval_fn, run.show_samples_every, history))
+    trainer = build_trainer(run, model, tokenizer, to_sft_dataset(records), callbacks=callbacks)
+    info = train_and_save(
+        run, trainer, tokenizer,
+        extra_info={"train_samples": len(records), "detailed_samples": detailed,
+                    "detailed_fraction": args.detailed_fraction, "validation_samples": len(steer),
+                    "validation_set": steer_file, "steer_on": args.steer_on, "validation_history": history,
+                    "data_files": [describe_data_file(args.data)],
+                    "training_options": training_options(trainer, packing_why_not=NO_PACKING_WHY)},
+        evaluate=(lambda trained: prefixed("steer_", eval_fn(trained, -1))) if eval_fn else None,
+        # The guide's MCQ target (type 3 and the loop's default stop rule): 90% accuracy.
+        target=("steer_accuracy", ">=", 90.0) if eval_fn else None)
+    return update_training_info(run, info, final_accuracy=info["metrics"].get("steer_accuracy"),
+                                final_train02_score=info["metrics"].get("steer_train02_score"))
