@@ -1,0 +1,171 @@
+"""Loop training until the KorMedMCQA target: types 1 -> 4, one epoch each, then evaluate; repeat.
+
+The guide's "Loop Training Until 90% KorMedMCQA". One LoRA model is trained through every type in
+turn (--epochs of each per loop, default 1), then scored on the KorMedMCQA steering set (a held-out
+slice of KorMedMCQA train, never a test set); the loop stops when the steering accuracy reaches
+--target or after --max-loops. Optimizer, LR schedule and each type's data position carry over
+from loop to loop (script/round_training.py). The guide's 604 set and the official test are scored
+once, on the final adapter, for the report.
+
+    python -m script.train.train_loop_until_90 --model tiny --max-loops 2
+    python script/train/train_loop_until_90.py --model medgemma-27b --target 90
+    python -m script.train.train_loop_until_90 --model medgemma-4b --resume     # after a kill
+
+Output: model/loop_training/<MODEL>/
+    loop_N/after_typeK/    adapter + tokenizer after each type of loop N (K = the guide's type number)
+    best_checkpoint/       the adapter with the highest steering accuracy so far
+    final/                 the best adapter at the end (the one that reached the target, when it was reached)
+    loop_history.json      accuracy per loop, rounds, stop reason, test-set scores; loop_history.png the curve
+    round_state/           what --resume continues from (adapter, optimizer, scheduler, data positions)
+    training_info.json, README.md
+
+--save-steps N splits each type's epoch into rounds of at most N steps, which is how often the
+resume state is written (default: once per type per loop). --max-steps caps the whole run; the
+LR schedule (the type trainers' cosine with 3 % warmup) spans all loops. --eval-samples steering
+questions are scored after each loop (default 200, 0 = all).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from script import formats
+from script.data_io import atomic_write_json
+from script.round_training import (
+    BEST_DIR_NAME,
+    STATE_DIR_NAME,
+    Scoreboard,
+    add_round_options,
+    build_engine,
+    check_single_process,
+    drive,
+    finish,
+    load_steering_items,
+    load_type_records,
+    make_steering_evaluator,
+    plot_accuracy_curve,
+    resume_or_start,
+    run_cli,
+    steering_summary,
+    training_info,
+)
+from script.training_utils import build_arg_parser, start_run
+
+logger = logging.getLogger(__name__)
+
+STAGE = "loop_training"
+
+
+class LoopPolicy:
+    """Loop over the types, ``steps[type]`` steps each (in rounds of at most ``chunk_steps``), then evaluate."""
+
+    def __init__(self, steps: dict[str, int], max_loops: int, board: Scoreboard, output_dir, chunk_steps: int = 0):
+        self.types = list(steps)
+        self.steps = steps
+        self.max_loops = max_loops
+        self.board = board
+        self.output_dir = output_dir
+        self.chunk_steps = chunk_steps
+        self.loop = 1
+        self.type_index = 0
+        self.type_steps_done = 0
+        self.budget_spent = False
+
+    def planned_steps(self) -> int:
+        return self.max_loops * sum(self.steps.values())
+
+    @property
+    def loops_done(self) -> int:
+        return self.loop - 1
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.board.history) and (
+            self.board.reached or self.loops_done >= self.max_loops or self.budget_spent)
+
+    @property
+    def stop_reason(self) -> str:
+        if self.board.reached:
+            return f"target {self.board.target:g}% reached after loop {self.board.best['loop']}"
+        if self.budget_spent:
+            return "step budget (--max-steps) spent"
+        return f"--max-loops {self.max_loops} done without reaching {self.board.target:g}%"
+
+    def step(self, engine, evaluate) -> None:
+        if not self.board.history:  # the untrained starting point, loop 0
+            self.board.record(engine, evaluate(engine.model), loop=0)
+            return
+        type_name = self.types[self.type_index]
+        left = self.steps[type_name] - self.type_steps_done
+        result = engine.train_steps(type_name, min(left, self.chunk_steps) if self.chunk_steps > 0 else left)
+        if result is None:
+            self.budget_spent = True
+            return
+        self.type_steps_done += result["steps"]
+        if self.type_steps_done >= self.steps[type_name]:
+            k = formats.TRAINING_TYPES.index(type_name) + 1  # the guide's numbering, also when a type is skipped
+            engine.save_adapter(self.output_dir / f"loop_{self.loop}" / f"after_type{k}")
+            self.type_index, self.type_steps_done = self.type_index + 1, 0
+        if self.type_index == len(self.types):
+            self.board.record(engine, evaluate(engine.model), loop=self.loop)
+            self.loop, self.type_index = self.loop + 1, 0
+
+    def state_dict(self) -> dict:
+        return {"loop": self.loop, "type_index": self.type_index, "type_steps_done": self.type_steps_done,
+                "budget_spent": self.budget_spent, "board": self.board.to_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loop, self.type_index = state["loop"], state["type_index"]
+        self.type_steps_done, self.budget_spent = state["type_steps_done"], state["budget_spent"]
+        self.board.load(state["board"])
+
+
+def build_parser():
+    parser = build_arg_parser(__doc__, epochs=1)
+    parser.add_argument("--target", type=float, default=90.0,
+                        help="stop when the steering accuracy reaches this percent (default: %(default)s)")
+    parser.add_argument("--max-loops", type=int, default=10, help="most loops over the types (default: %(default)s)")
+    return add_round_options(parser)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.max_loops < 1 or args.epochs <= 0:
+        parser.error("--max-loops must be >= 1 and --epochs > 0")
+    check_single_process()
+    run = start_run(args, stage=STAGE, script="train_loop_until_90")
+    type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
+    items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
+
+    per_step = run.batch * run.grad_accum
+    steps = {t: max(1, math.ceil(run.epochs * len(r) / per_step)) for t, r in type_records.items()}
+    board = Scoreboard(args.target, run.output_dir / BEST_DIR_NAME)
+    policy = LoopPolicy(steps, args.max_loops, board, run.output_dir, chunk_steps=run.save_steps or 0)
+    engine = build_engine(run, type_records, policy.planned_steps())
+    resumed = resume_or_start(run, engine, policy)
+    drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch),
+          run.output_dir / STATE_DIR_NAME)
+
+    outcome = finish(run, engine, board, args)
+    report = {
+        "target": args.target, "max_loops": args.max_loops, "target_reached": board.reached,
+        "stopped_at_loop": policy.loops_done, "stop_reason": policy.stop_reason,
+        "best_loop": board.best["loop"], "best_accuracy": board.best["accuracy"],
+        "initial_accuracy": board.initial, "steps_per_type_per_loop": steps, "global_step": engine.global_step,
+        "steering": steering_summary(steering, board), "history": board.history, "rounds": engine.rounds,
+        "persistent_failures": board.failures.top(), "test_sets": outcome["test_sets"], "final_dir": outcome["final_dir"],
+    }
+    atomic_write_json(run.output_dir / "loop_history.json", report)
+    plot_accuracy_curve(board.history, run.output_dir / "loop_history.png", args.target, "loop",
+                        f"loop training — {run.model_name} (steering set: {steering['set']})")
+    logger.info("%s; best %.2f%% (loop %d); history in %s", policy.stop_reason, board.best["accuracy"],
+                board.best["loop"], run.output_dir / "loop_history.json")
+    return training_info(run, engine, board, steering, outcome,
+                         {"loop_history": report["history"], "stop_reason": policy.stop_reason,
+                          "loops": policy.loops_done, "resumed": resumed})
+
+
+if __name__ == "__main__":
+    run_cli(main)
