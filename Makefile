@@ -12,10 +12,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline test bench bench-data bench-eval logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline loop probe-focus extend-tokenizer gpu-memory test bench bench-data bench-eval eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 16
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
 # The venv is (re)installed only when requirements.txt or pyproject.toml change.
 $(STAMP): requirements.txt pyproject.toml
@@ -32,8 +32,22 @@ tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
 data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items
 	PYTHON=$(PY) bash $(PIPELINE) --data-only
 
-pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1 to detach; EPOCHS=N
-	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(EPOCHS),--epochs $(EPOCHS))
+pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1, SKIP_00=1, EPOCHS[_00|_01|_02]=N
+	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(filter 1,$(SKIP_00)),--skip-00) \
+		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCHS_00),--epochs-00 $(EPOCHS_00)) \
+		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02))
+
+loop: setup  ## train types 1-4 in loops until KorMedMCQA (steering set) >= TARGET (default 90)
+	$(PY) -m script.train.train_loop_until_90 --model $(MODEL) $(if $(TARGET),--target $(TARGET)) --resume
+
+probe-focus: setup  ## probe-and-focus training over the four types (script/run_probe_focus.sh)
+	PYTHON=$(PY) bash script/run_probe_focus.sh --model $(MODEL) --resume
+
+extend-tokenizer: setup  ## learn Korean tokens from the refined corpus, resize embeddings (model/extended_tokenizer/MODEL)
+	$(PY) -m script.extend_tokenizer --model $(MODEL)
+
+gpu-memory: setup  ## per-GPU memory and what MODEL needs to train (no CUDA: the estimate only)
+	$(PY) -m script.check_gpu_memory --model $(MODEL)
 
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
@@ -45,6 +59,15 @@ bench-data: setup  ## refine + verify + exclusion at the guide's scale (~184K re
 
 bench-eval: setup  ## KorMedMCQA scoring: per-question generate vs batched letter mode
 	HF_HUB_OFFLINE=1 $(PY) -m script.bench_eval
+
+# lm-evaluation-harness is installed into the same venv only for this target (its own stamp).
+CROSSCHECK_STAMP := $(VENV)/.crosscheck-stamp
+$(CROSSCHECK_STAMP): requirements-crosscheck.txt $(STAMP)
+	$(PY) -m pip install --quiet -r requirements-crosscheck.txt
+	touch $(CROSSCHECK_STAMP)
+
+eval-crosscheck: $(CROSSCHECK_STAMP)  ## lm-evaluation-harness vs our letter/generate modes, item by item (JSON)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.eval_crosscheck --model $(MODEL)
 
 logs: setup  ## follow the pipeline log of MODEL
 	tail -n 50 -F logs/pipeline_$(MODEL).log

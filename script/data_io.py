@@ -186,21 +186,48 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
 def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Build a directory with ``write(tmp_dir)`` beside ``target``, then rename it into place.
 
-    A kill mid-write leaves the previous ``target`` (or none), never a half-written one.
+    A kill mid-write leaves the previous ``target`` (or none), never a half-written one. The old
+    directory is renamed aside before the new one is renamed in and deleted only after, so the
+    window without a ``target`` is two renames long instead of a whole ``rmtree``; a copy left
+    aside by a kill in that window is put back by ``recover_dir`` (called here and by readers).
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(target)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
+        old = None
         if target.exists():
-            shutil.rmtree(target)
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            if old.exists():
+                shutil.rmtree(old)
+            target.rename(old)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def recover_dir(target: str | os.PathLike) -> bool:
+    """Put back a directory that ``atomic_write_dir`` renamed aside when a kill left no ``target``.
+
+    Returns True when one was restored. Stale aside copies next to an existing ``target`` are removed.
+    """
+    target = Path(target)
+    aside = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    restored = False
+    if aside and not target.exists():
+        aside[0].rename(target)
+        aside = aside[1:]
+        restored = True
+    for path in aside:
+        shutil.rmtree(path, ignore_errors=True)
+    return restored
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -2,11 +2,17 @@
 # Run the whole pipeline for one model, in the foreground or in the background.
 #
 #   script/run_full_pipeline.sh --model tiny                  # foreground (make pipeline)
-#   script/run_full_pipeline.sh --model medgemma-4b --background [--epochs N] [--max-samples N] [--force]
+#   script/run_full_pipeline.sh --model medgemma-4b --background [--epochs-00 1 --epochs-01 3 --epochs-02 5]
+#   script/run_full_pipeline.sh --model medgemma-4b --skip-00 --background   # start at train_01
 #   script/run_full_pipeline.sh --data-only                   # data stages only (make data)
 #   script/run_full_pipeline.sh --model medgemma-4b --status  # progress file + pid state
 #   script/run_full_pipeline.sh --model medgemma-4b --stop    # stop it and its children
+#   script/run_full_pipeline.sh --model tiny --dry-run        # list the stages and commands
+#   other options: --epochs N (every stage), --max-samples N, --force (rerun finished stages)
 #
+# Stages: data (download, refine, verify, test exclusion, Korean proficiency) -> KorMedMCQA of the
+# untrained base -> add LoRA -> train_00 (plain text) -> train_01_with_00_monitor (dictionary) ->
+# add a second LoRA -> train_02 (MCQ with reasoning) -> KorMedMCQA of the final adapter -> summary.
 # Files: logs/pipeline_<MODEL>.log (everything printed), logs/progress_<MODEL>.txt (stage i/n,
 # step, loss, last eval, ETA), logs/pipeline_<MODEL>.pid (while running). A second start for the
 # same model is refused while one runs; a PID file left by a dead run is cleaned up. Stages that
@@ -23,16 +29,26 @@ ACTION=run
 BACKGROUND=0
 FORCE=0
 DATA_ONLY=0
-EPOCHS="${EPOCHS:-}"  # epochs of every training stage (default: each script's own)
+EPOCHS="${EPOCHS:-}"  # epochs of every training stage (default: per stage, below)
+EPOCHS_00="${EPOCHS_00:-}"
+EPOCHS_01="${EPOCHS_01:-}"
+EPOCHS_02="${EPOCHS_02:-}"
+SKIP_00="${SKIP_00:-0}"
+DRY_RUN=0
 MAX_SAMPLES="${MAX_SAMPLES:-}"
 
-usage() { sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
     --model) MODEL="$2"; shift 2 ;;
     --background) BACKGROUND=1; shift ;;
     --epochs) EPOCHS="$2"; shift 2 ;;
+    --epochs-00) EPOCHS_00="$2"; shift 2 ;;
+    --epochs-01) EPOCHS_01="$2"; shift 2 ;;
+    --epochs-02) EPOCHS_02="$2"; shift 2 ;;
+    --skip-00) SKIP_00=1; shift ;;
+    --dry-run) DRY_RUN=1; shift ;;
     --max-samples) MAX_SAMPLES="$2"; shift 2 ;;
     --force) FORCE=1; shift ;;
     --data-only) DATA_ONLY=1; shift ;;
@@ -54,9 +70,23 @@ mkdir -p "$LOG_DIR"
 running_pid() {  # prints the pid of a live pipeline for MODEL, cleans a stale pid file
   [ -f "$PID_FILE" ] || return 1
   local pid; pid="$(cat "$PID_FILE" 2>/dev/null || true)"
-  if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then echo "$pid"; return 0; fi
-  echo "removing stale pid file $PID_FILE (process ${pid:-?} is gone)" >&2
+  # Alive and still this script: after a reboot the number may belong to an unrelated process.
+  if [[ "$pid" =~ ^[0-9]+$ ]] && [ "$pid" -gt 1 ] && kill -0 "$pid" 2>/dev/null \
+     && tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q run_full_pipeline; then
+    echo "$pid"; return 0
+  fi
+  echo "removing stale pid file $PID_FILE (process ${pid:-?} is gone or is not a pipeline)" >&2
   rm -f "$PID_FILE"
+  return 1
+}
+
+descendants() { local child; for child in $(pgrep -P "$1" 2>/dev/null); do descendants "$child"; echo "$child"; done; }
+alive() {  # any of the pids still running (a zombie waiting to be reaped counts as gone)
+  local p state
+  for p in "$@"; do
+    state="$(ps -o stat= -p "$p" 2>/dev/null || true)"
+    [ -n "$state" ] && [ "${state:0:1}" != Z ] && return 0
+  done
   return 1
 }
 
@@ -68,9 +98,13 @@ case "$ACTION" in
   stop)
     if pid="$(running_pid)"; then
       echo "stopping pipeline for $MODEL (pid $pid and its children)"
-      kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid"
-      for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-      kill -0 "$pid" 2>/dev/null && kill -KILL -- "-$pid" 2>/dev/null || true
+      # The whole tree, children first: a background run is its own process group, a foreground
+      # one shares the terminal's, so the group alone is not enough.
+      tree="$(descendants "$pid") $pid"
+      kill -TERM -- "-$pid" 2>/dev/null || true
+      kill -TERM $tree 2>/dev/null || true
+      for _ in $(seq 1 30); do alive $tree || break; sleep 1; done
+      alive $tree && { kill -KILL -- "-$pid" 2>/dev/null; kill -KILL $tree 2>/dev/null; } || true
       rm -f "$PID_FILE"
     else
       echo "no pipeline running for $MODEL"
@@ -82,6 +116,10 @@ if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   if pid="$(running_pid)"; then echo "a pipeline for $MODEL is already running (pid $pid); make stop MODEL=$MODEL first" >&2; exit 1; fi
   args=(--model "$MODEL" --foreground-child)
   [ -n "$EPOCHS" ] && args+=(--epochs "$EPOCHS")
+  [ -n "$EPOCHS_00" ] && args+=(--epochs-00 "$EPOCHS_00")
+  [ -n "$EPOCHS_01" ] && args+=(--epochs-01 "$EPOCHS_01")
+  [ -n "$EPOCHS_02" ] && args+=(--epochs-02 "$EPOCHS_02")
+  [ "$SKIP_00" = 1 ] && args+=(--skip-00)
   [ -n "$MAX_SAMPLES" ] && args+=(--max-samples "$MAX_SAMPLES")
   [ "$FORCE" = 1 ] && args+=(--force)
   [ "$DATA_ONLY" = 1 ] && args+=(--data-only)
@@ -93,25 +131,22 @@ if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   exit 0
 fi
 
-# ---- foreground run (also the body of a background run) -------------------------------------
-exec 9>"$LOCK_FILE"
-if ! flock -n 9; then
-  echo "a pipeline for $MODEL is already running ($(cat "$PID_FILE" 2>/dev/null || echo 'pid unknown')); refusing to start a second" >&2
-  exit 1
-fi
-running_pid >/dev/null 2>&1 || true  # cleans a stale pid file
-echo $$ > "$PID_FILE"
-trap 'rm -f "$PID_FILE"' EXIT
-if [ "$ACTION" = run ]; then  # foreground: print and keep a copy in the log
-  exec > >(tee -a "$LOG_FILE") 2>&1
-fi
-
+# ---- the stages ------------------------------------------------------------------------------
 export MODEL HF_HUB_DISABLE_TELEMETRY=1
 OFFLINE_DATA=0
-# The embedded model trains 2 epochs per stage by default, so the whole pipeline stays within a few
-# minutes on a 2-core CPU; EPOCHS=N overrides it.
-case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; EPOCHS="${EPOCHS:-2}"; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ;; esac
+case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ;; esac
 [ "${HF_HUB_OFFLINE:-0}" = 1 ] && OFFLINE_DATA=1
+
+# Epochs per training stage: --epochs-0X, else --epochs, else the default of the model. The guide's
+# run used 1 / 3 / 5 on MedGemma; the embedded tiny model needs more passes over the small sample
+# data and still finishes the whole pipeline within a few minutes on a 2-core CPU.
+case "$MODEL" in
+  tiny|tiny-*) default_00=2; default_01=2; default_02=3 ;;
+  *) default_00=1; default_01=3; default_02=5 ;;
+esac
+EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$default_00}}"
+EPOCHS_01="${EPOCHS_01:-${EPOCHS:-$default_01}}"
+EPOCHS_02="${EPOCHS_02:-${EPOCHS:-$default_02}}"
 
 # Stages: name | command. A stage is listed only when its script exists in this checkout.
 STAGES=()
@@ -130,33 +165,70 @@ add_stage refine_scripts/verify_formats.py "verify|$PYTHON -m refine_scripts.ver
 add_stage script/run_test_exclusion.sh "test_exclusion|PYTHON=$PYTHON bash $ROOT/script/run_test_exclusion.sh"
 add_stage script/validate_korean_proficiency.py "korean_proficiency|$PYTHON -m script.validate_korean_proficiency --all"
 
-# Training in the guide's recommended order; each type continues the previous type's adapter.
-train_args="--model $MODEL --resume"
-[ -n "$MAX_SAMPLES" ] && train_args+=" --max-samples $MAX_SAMPLES"
-[ -n "$EPOCHS" ] && train_args+=" --epochs $EPOCHS"
-previous=""
-[ "$DATA_ONLY" = 1 ] && TRAIN_TYPES="" || TRAIN_TYPES="type1_text type2_text_reasoning type3_word"
-for type in $TRAIN_TYPES; do
-  args="$train_args"
-  [ -n "$previous" ] && args+=" --base-model $HOME_DIR/model/$previous/$MODEL/final"
-  add_stage "script/train/train_${type}.py" "train_${type}|$PYTHON -m script.train.train_${type} $args"
-  [ -e "$ROOT/script/train/train_${type}.py" ] && previous="$type"
-done
-
-# KorMedMCQA on the guide's 604 set (letter mode): the untrained base, then the final adapter.
-if [ "$DATA_ONLY" = 0 ] && [ -n "$previous" ]; then
-  add_stage script/validation_kor_med_test.py "evaluate_base|$PYTHON -m script.validation_kor_med_test --model $MODEL --split guide604 --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json"
-  add_stage script/validation_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $HOME_DIR/model/$previous/$MODEL/final --split guide604 --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
+# Training: the guide's four steps (00 plain text -> 01 dictionary with a plain-text monitor ->
+# a second LoRA -> 02 MCQ with reasoning), each stage starting from the previous stage's adapter.
+M="$HOME_DIR/model"
+common="--model $MODEL --resume"
+[ -n "$MAX_SAMPLES" ] && common+=" --max-samples $MAX_SAMPLES"
+# KorMedMCQA on the guide's 604 set, in the format train_02 teaches: the model writes its
+# <reasoning>...</reasoning> and the option letter is read right after it (letter mode, train02
+# prompt), so the untrained base and the final adapter are measured the same way.
+eval_args="--split guide604 --mode letter --prompt train02 --batch-size 32"
+case "$MODEL" in tiny|tiny-*) eval_args+=" --max-new-tokens 96" ;; esac
+if [ "$DATA_ONLY" = 0 ]; then
+  add_stage script/validation_kor_med_test.py "evaluate_base|$PYTHON -m script.validation_kor_med_test --model $MODEL $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json"
+  first_base=""
+  if [ "$SKIP_00" = 0 ]; then
+    add_stage script/add_lora_adapter.py "add_lora_adapter_00|$PYTHON -m script.add_lora_adapter $common --train-embeddings --rslora"
+    add_stage script/train/train_00_plain_text.py "train_00|$PYTHON -m script.train.train_00_plain_text $common --epochs $EPOCHS_00 --base-model $M/raw_lora_added/$MODEL"
+    first_base="--base-model $M/00_trained/$MODEL/final"
+  fi
+  add_stage script/train/train_01_with_00_monitor.py "train_01|$PYTHON -m script.train.train_01_with_00_monitor $common --epochs $EPOCHS_01 $first_base"
+  add_stage script/add_lora_adapter.py "add_lora_adapter_01|$PYTHON -m script.add_lora_adapter $common --on $M/01_trained/$MODEL/final"
+  add_stage script/train/train_02_kor_med_test.py "train_02|$PYTHON -m script.train.train_02_kor_med_test $common --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
+  add_stage script/train/train_02_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $M/02_trained/$MODEL/final $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
+  [ -e "$ROOT/script/train/train_02_kor_med_test.py" ] && add_stage script/evaluation_report.py "summary|$PYTHON -m script.evaluation_report --compare $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json --names base final --output $HOME_DIR/logs/kormedmcqa_${MODEL}_summary.md"
 fi
 
-stage_done() {  # a training stage is done when its run record exists; data stages always rerun
+stage_done() {  # finished = its output exists (and, for evaluations, is newer than what it measured)
   case "$1" in
-    train_*) [ -f "$HOME_DIR/model/${1#train_}/$MODEL/training_info.json" ] ;;
-    *) return 1 ;;
+    add_lora_adapter_00) [ -f "$M/raw_lora_added/$MODEL/adapter_config.json" ] ;;
+    train_00) [ -f "$M/00_trained/$MODEL/training_info.json" ] ;;
+    train_01) [ -f "$M/01_trained/$MODEL/training_info.json" ] ;;
+    add_lora_adapter_01) [ -f "$M/01_another_lora_added/$MODEL/adapter_config.json" ] \
+                         && [ "$M/01_another_lora_added/$MODEL/adapter_config.json" -nt "$M/01_trained/$MODEL/training_info.json" ] ;;
+    train_02) [ -f "$M/02_trained/$MODEL/training_info.json" ] ;;
+    evaluate_base) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_base.json" ] ;;
+    evaluate_final) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_final.json" ] \
+                    && [ "$HOME_DIR/logs/kormedmcqa_${MODEL}_final.json" -nt "$M/02_trained/$MODEL/training_info.json" ] ;;
+    *) return 1 ;;  # data stages and the summary always rerun (fast, idempotent)
   esac
 }
 
 total=${#STAGES[@]}
+if [ "$DRY_RUN" = 1 ]; then
+  i=0
+  for entry in "${STAGES[@]}"; do
+    i=$((i + 1)); name="${entry%%|*}"
+    if [ "$FORCE" = 0 ] && stage_done "$name"; then state="done, would skip"; else state="would run"; fi
+    echo "[$i/$total] $name ($state): ${entry#*|}"
+  done
+  exit 0
+fi
+
+# ---- foreground run (also the body of a background run) -------------------------------------
+exec 9>"$LOCK_FILE"
+if ! flock -n 9; then
+  echo "a pipeline for $MODEL is already running ($(cat "$PID_FILE" 2>/dev/null || echo 'pid unknown')); refusing to start a second" >&2
+  exit 1
+fi
+running_pid >/dev/null 2>&1 || true  # cleans a stale pid file
+echo $$ > "$PID_FILE"
+trap 'rm -f "$PID_FILE"' EXIT
+if [ "$ACTION" = run ]; then  # foreground: print and keep a copy in the log
+  exec > >(tee -a "$LOG_FILE") 2>&1
+fi
+
 echo "=== pipeline for $MODEL: $total stages, started $(date -Is) (pid $$)"
 cd "$ROOT"
 i=0

@@ -113,3 +113,16 @@ def test_kill_mid_write_leaves_old_or_new_file(tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert json.loads(target.read_text(encoding="utf-8")) == {"version": 1}
+
+
+def test_atomic_write_dir_puts_back_a_directory_left_aside_by_a_kill(tmp_path):
+    from script.data_io import atomic_write_dir, recover_dir
+
+    target = tmp_path / "state"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("1"))
+    # A kill between "rename old aside" and "rename new in": only the aside copy exists.
+    target.rename(tmp_path / ".state.old-123")
+    assert recover_dir(target) and (target / "v").read_text() == "1"
+    atomic_write_dir(target, lambda d: (d / "v").write_text("2"))
+    assert (target / "v").read_text() == "2"
+    assert not list(tmp_path.glob(".state.*"))
