@@ -564,9 +564,14 @@ def normalise_record(record: Mapping[str, Any], where: str, line: int, row: int,
     """Any accepted row shape -> item; ValueError with the reason otherwise.
 
     * a normalised item (``options`` mapping, letter ``answer``): a set file or refined type-3 record;
+    * the guide's KorMedMCQA layout (columns A-E, a letter ``answer``): data/refined/02_kor_med_test;
     * an upstream row with columns A-E/A-D and an integer answer, converted with the convention of
       ``dataset`` (``kormedmcqa``: 1-5, ``kmmlu``: 1-4) -- never guessed from the row.
     """
+    answer = record.get("answer")
+    if "options" not in record and isinstance(answer, str) and answer.strip() in formats.OPTION_LETTERS:
+        # the guide's own KorMedMCQA layout (data/refined/02_kor_med_test): columns A-E, a letter answer
+        record = {**record, "options": formats.mcq_item_options(record), "answer": answer.strip()}
     if "options" in record:
         reason = validate_item(record)
         if reason:

@@ -174,7 +174,8 @@ common="--model $MODEL --resume"
 # <reasoning>...</reasoning> and the option letter is read right after it (letter mode, train02
 # prompt), so the untrained base and the final adapter are measured the same way.
 eval_args="--split guide604 --mode letter --prompt train02 --batch-size 32"
-case "$MODEL" in tiny|tiny-*) eval_args+=" --max-new-tokens 96" ;; esac
+train02_args=""  # the simple reasoning of tiny's options fits in ~80 tokens; MedGemma keeps the defaults
+case "$MODEL" in tiny|tiny-*) eval_args+=" --max-new-tokens 96"; train02_args=" --max-new-tokens 96" ;; esac
 if [ "$DATA_ONLY" = 0 ]; then
   add_stage script/validation_kor_med_test.py "evaluate_base|$PYTHON -m script.validation_kor_med_test --model $MODEL $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json"
   first_base=""
@@ -185,7 +186,7 @@ if [ "$DATA_ONLY" = 0 ]; then
   fi
   add_stage script/train/train_01_with_00_monitor.py "train_01|$PYTHON -m script.train.train_01_with_00_monitor $common --epochs $EPOCHS_01 $first_base"
   add_stage script/add_lora_adapter.py "add_lora_adapter_01|$PYTHON -m script.add_lora_adapter $common --on $M/01_trained/$MODEL/final"
-  add_stage script/train/train_02_kor_med_test.py "train_02|$PYTHON -m script.train.train_02_kor_med_test $common --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
+  add_stage script/train/train_02_kor_med_test.py "train_02|$PYTHON -m script.train.train_02_kor_med_test $common$train02_args --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
   add_stage script/train/train_02_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $M/02_trained/$MODEL/final $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
   [ -e "$ROOT/script/train/train_02_kor_med_test.py" ] && add_stage script/evaluation_report.py "summary|$PYTHON -m script.evaluation_report --compare $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json --names base final --output $HOME_DIR/logs/kormedmcqa_${MODEL}_summary.md"
 fi

@@ -377,6 +377,17 @@ def test_bad_rows_are_skipped_with_path_line_and_reason(tmp_path):
     assert str(evalset.rejects[0]).startswith(f"{path}:2: ")
 
 
+def test_the_guides_refined_layout_with_letter_answers_is_read(tmp_path):
+    """data/refined/02_kor_med_test: columns A-E and a letter answer (the guide's KorMedMCQA format)."""
+    rows = [{"id": "r1", "subject": "doctor", "question": "질문?", "A": "가", "B": "나", "C": "다", "D": "라",
+             "E": "마", "answer": "D"},
+            {"id": "r2", "question": "질문?", "A": "가", "B": "나", "C": "다", "D": "라", "E": "마", "answer": "F"}]
+    evalset = ev.read_items_file(write_lines(tmp_path / "train.jsonl", rows))
+    assert [item["id"] for item in evalset.items] == ["r1"]
+    assert evalset.items[0]["options"]["D"] == "라" and evalset.items[0]["answer"] == "D"
+    assert len(evalset.rejects) == 1 and evalset.rejects[0].line == 2
+
+
 def test_kmmlu_rows_use_their_own_answer_convention(tmp_path):
     raw = tmp_path / "raw"
     for subject in ("Health", "Biology", "Psychology"):
