@@ -141,7 +141,7 @@ case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASET
 # run used 1 / 3 / 5 on MedGemma; the embedded tiny model needs more passes over the small sample
 # data and still finishes the whole pipeline within a few minutes on a 2-core CPU.
 case "$MODEL" in
-  tiny|tiny-*) default_00=2; default_01=2; default_02=3 ;;
+  tiny|tiny-*) default_00=2; default_01=2; default_02=2 ;;
   *) default_00=1; default_01=3; default_02=5 ;;
 esac
 EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$default_00}}"
