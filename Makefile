@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline loop probe-focus extend-tokenizer gpu-memory test bench bench-data bench-eval eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge loop probe-focus extend-tokenizer gpu-memory test bench bench-data bench-eval eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -48,6 +48,9 @@ extend-tokenizer: setup  ## learn Korean tokens from the refined corpus, resize 
 
 gpu-memory: setup  ## per-GPU memory and what MODEL needs to train (no CUDA: the estimate only)
 	$(PY) -m script.check_gpu_memory --model $(MODEL)
+
+merge: setup  ## merge the pipeline's final adapter chain into the base -> model/merged/MODEL (plain transformers)
+	$(PY) -m script.merge_and_export --model model/02_trained/$(MODEL)/final --output model/merged/$(MODEL) --force
 
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
