@@ -32,10 +32,11 @@ tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
 data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items
 	PYTHON=$(PY) bash $(PIPELINE) --data-only
 
-pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1, SKIP_00=1, EPOCHS[_00|_01|_02]=N
+pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1 SKIP_00=1 EPOCHS[_00|_01|_02]=N LAUNCH=ddp NPROC=N
 	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(filter 1,$(SKIP_00)),--skip-00) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCHS_00),--epochs-00 $(EPOCHS_00)) \
-		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02))
+		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02)) \
+		$(if $(LAUNCH),--launch $(LAUNCH)) $(if $(NPROC),--nproc $(NPROC))
 
 loop: setup  ## train types 1-4 in loops until KorMedMCQA (steering set) >= TARGET (default 90)
 	$(PY) -m script.train.train_loop_until_90 --model $(MODEL) $(if $(TARGET),--target $(TARGET)) --resume

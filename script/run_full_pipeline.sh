@@ -8,6 +8,7 @@
 #   script/run_full_pipeline.sh --model medgemma-4b --status  # progress file + pid state
 #   script/run_full_pipeline.sh --model medgemma-4b --stop    # stop it and its children
 #   script/run_full_pipeline.sh --model tiny --dry-run        # list the stages and commands
+#   script/run_full_pipeline.sh --model medgemma-27b --launch zero3 --nproc 4   # trainers under accelerate
 #   other options: --epochs N (every stage), --max-samples N, --force (rerun finished stages)
 #
 # Stages: data (download, refine, verify, test exclusion, Korean proficiency) -> KorMedMCQA of the
@@ -34,10 +35,12 @@ EPOCHS_00="${EPOCHS_00:-}"
 EPOCHS_01="${EPOCHS_01:-}"
 EPOCHS_02="${EPOCHS_02:-}"
 SKIP_00="${SKIP_00:-0}"
+LAUNCH="${LAUNCH:-}"  # a configs/accelerate/<LAUNCH>.yaml to run the trainers under (ddp, fsdp, zero2, zero3)
+NPROC="${NPROC:-}"
 DRY_RUN=0
 MAX_SAMPLES="${MAX_SAMPLES:-}"
 
-usage() { sed -n '2,20p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -48,6 +51,8 @@ while [ $# -gt 0 ]; do
     --epochs-01) EPOCHS_01="$2"; shift 2 ;;
     --epochs-02) EPOCHS_02="$2"; shift 2 ;;
     --skip-00) SKIP_00=1; shift ;;
+    --launch) LAUNCH="$2"; shift 2 ;;
+    --nproc) NPROC="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --max-samples) MAX_SAMPLES="$2"; shift 2 ;;
     --force) FORCE=1; shift ;;
@@ -120,6 +125,8 @@ if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   [ -n "$EPOCHS_01" ] && args+=(--epochs-01 "$EPOCHS_01")
   [ -n "$EPOCHS_02" ] && args+=(--epochs-02 "$EPOCHS_02")
   [ "$SKIP_00" = 1 ] && args+=(--skip-00)
+  [ -n "$LAUNCH" ] && args+=(--launch "$LAUNCH")
+  [ -n "$NPROC" ] && args+=(--nproc "$NPROC")
   [ -n "$MAX_SAMPLES" ] && args+=(--max-samples "$MAX_SAMPLES")
   [ "$FORCE" = 1 ] && args+=(--force)
   [ "$DATA_ONLY" = 1 ] && args+=(--data-only)
@@ -168,6 +175,13 @@ add_stage script/validate_korean_proficiency.py "korean_proficiency|$PYTHON -m s
 # Training: the guide's four steps (00 plain text -> 01 dictionary with a plain-text monitor ->
 # a second LoRA -> 02 MCQ with reasoning), each stage starting from the previous stage's adapter.
 M="$HOME_DIR/model"
+# Trainers run as `$TRAIN module args`: plain python, or under accelerate with --launch/LAUNCH.
+TRAIN="$PYTHON -m"
+if [ -n "$LAUNCH" ]; then
+  launch_config="$ROOT/configs/accelerate/$LAUNCH.yaml"
+  [ -f "$launch_config" ] || { echo "--launch $LAUNCH: no $launch_config (choose one of: $(ls "$ROOT/configs/accelerate" | sed 's/\.yaml//' | tr '\n' ' '))" >&2; exit 2; }
+  TRAIN="$PYTHON -m accelerate.commands.launch --config_file $launch_config${NPROC:+ --num_processes $NPROC} -m"
+fi
 common="--model $MODEL --resume"
 [ -n "$MAX_SAMPLES" ] && common+=" --max-samples $MAX_SAMPLES"
 # KorMedMCQA on the guide's 604 set, in the format train_02 teaches: the model writes its
@@ -181,12 +195,12 @@ if [ "$DATA_ONLY" = 0 ]; then
   first_base=""
   if [ "$SKIP_00" = 0 ]; then
     add_stage script/add_lora_adapter.py "add_lora_adapter_00|$PYTHON -m script.add_lora_adapter $common --train-embeddings --rslora"
-    add_stage script/train/train_00_plain_text.py "train_00|$PYTHON -m script.train.train_00_plain_text $common --epochs $EPOCHS_00 --base-model $M/raw_lora_added/$MODEL"
+    add_stage script/train/train_00_plain_text.py "train_00|$TRAIN script.train.train_00_plain_text $common --epochs $EPOCHS_00 --base-model $M/raw_lora_added/$MODEL"
     first_base="--base-model $M/00_trained/$MODEL/final"
   fi
-  add_stage script/train/train_01_with_00_monitor.py "train_01|$PYTHON -m script.train.train_01_with_00_monitor $common --epochs $EPOCHS_01 $first_base"
+  add_stage script/train/train_01_with_00_monitor.py "train_01|$TRAIN script.train.train_01_with_00_monitor $common --epochs $EPOCHS_01 $first_base"
   add_stage script/add_lora_adapter.py "add_lora_adapter_01|$PYTHON -m script.add_lora_adapter $common --on $M/01_trained/$MODEL/final"
-  add_stage script/train/train_02_kor_med_test.py "train_02|$PYTHON -m script.train.train_02_kor_med_test $common$train02_args --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
+  add_stage script/train/train_02_kor_med_test.py "train_02|$TRAIN script.train.train_02_kor_med_test $common$train02_args --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
   add_stage script/train/train_02_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $M/02_trained/$MODEL/final $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
   [ -e "$ROOT/script/train/train_02_kor_med_test.py" ] && add_stage script/evaluation_report.py "summary|$PYTHON -m script.evaluation_report --compare $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json --names base final --output $HOME_DIR/logs/kormedmcqa_${MODEL}_summary.md"
 fi

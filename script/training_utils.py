@@ -167,7 +167,8 @@ def resolve_device(requested: str = "auto") -> str:
     import torch
 
     if requested == "auto":
-        return "cuda:0" if torch.cuda.is_available() else "cpu"
+        # Under a multi-process launch each process owns the GPU of its local rank.
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu"
     if requested.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {requested}: no CUDA device is visible (torch {torch.__version__}); "
@@ -678,6 +679,7 @@ def build_sft_config(run: RunConfig, has_eval: bool = False, **overrides):
         use_cpu=not on_cuda,
         optim="adamw_torch_fused" if on_cuda else "adamw_torch",
         activation_checkpointing=run.gradient_checkpointing,  # SFTConfig turns it on by default
+        ddp_find_unused_parameters=False,  # every LoRA weight takes part in each forward
         activation_checkpointing_kwargs={"use_reentrant": False} if run.gradient_checkpointing else None,
         logging_steps=1 if run.max_steps and 0 < run.max_steps <= 50 else 10,
         logging_first_step=True,
@@ -812,6 +814,7 @@ def write_training_info(run: RunConfig, info: dict) -> dict:
         "base_model": run.base_model,
         "epochs": run.epochs,
         "effective_batch": run.batch * run.grad_accum * int(os.environ.get("WORLD_SIZE", "1")),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
         "config": run.to_dict(),
         "git_sha": git_sha(),
         "versions": library_versions(),
@@ -885,9 +888,14 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
     elif last_checkpoint(run.output_dir):
         logger.warning("%s holds checkpoints of an earlier run; training from scratch (pass --resume to continue)",
                        run.output_dir)
-    before = evaluate(trainer.model) if evaluate and not resume_from else {}
+    # Under a multi-process launch every rank trains; only rank 0 evaluates and writes the outputs
+    # (the Trainer already saves checkpoints from rank 0 only).
+    main_process = trainer.is_world_process_zero()
+    before = evaluate(trainer.model) if evaluate and not resume_from and main_process else {}
     logger.info("*** Train ***")
     result = trainer.train(resume_from_checkpoint=resume_from)
+    if not main_process:
+        return {"metrics": {"global_step": int(trainer.state.global_step)}, "rank": int(os.environ.get("RANK", "0"))}
     final = save_final(trainer.model, tokenizer, run.output_dir, parents=run.adapter_parents)
     logger.info("saved adapter and tokenizer to %s", final)
     metrics = dict(result.metrics)
