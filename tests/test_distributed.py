@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 
-from tests.test_resume import write_type1_data
+from tests.sample_records import write_type1_data
 
 
 def free_port() -> int:

@@ -12,9 +12,10 @@ import torch
 
 from script import extend_tokenizer as et
 from script import formats, make_tiny_model
-from script.data_io import atomic_write_jsonl, iter_jsonl
+from script.data_io import atomic_write_jsonl
 from script.training_config import LORA_TARGET_MODULES, SAMPLE_DATA_DIR
 from script.training_utils import load_base_model, load_tokenizer
+from tests.sample_records import asan_type1_records
 
 KORMEDMCQA_SAMPLE = sorted((SAMPLE_DATA_DIR / "sean0042" / "KorMedMCQA").rglob("dev.jsonl"))
 
@@ -26,12 +27,8 @@ def corpus(tmp_path_factory) -> list[Path]:
     texts = [t for t in make_tiny_model.sample_corpus(SAMPLE_DATA_DIR) if len(t) > 20]
     plain = root / "00_plain_text" / "train-00000.jsonl"
     atomic_write_jsonl(plain, ({"id": str(i), "source": "sample", "text": t} for i, t in enumerate(texts)))
-    asan = next((SAMPLE_DATA_DIR / "ChuGyouk" / "Asan-AMC-Healthinfo").rglob("*.jsonl"))
-    records = [{"id": f"asan-{line}", "messages": formats.type_messages(formats.TYPE1_TEXT, row["instruction"],
-                                                                          row["output"])}
-               for line, row in iter_jsonl(asan)]
     type1 = root / "type1_text" / "train.jsonl"
-    atomic_write_jsonl(type1, records)
+    atomic_write_jsonl(type1, asan_type1_records())
     return [plain.parent, type1]
 
 

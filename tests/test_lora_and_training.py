@@ -10,8 +10,9 @@ import torch
 from peft import PeftModel
 
 from script import formats
-from script.data_io import atomic_write_jsonl, iter_jsonl
-from script.training_config import LORA_TARGET_MODULES, SAMPLE_DATA_DIR
+from tests.sample_records import asan_type1_records
+from script.data_io import atomic_write_jsonl
+from script.training_config import LORA_TARGET_MODULES
 from script.training_utils import (
     attach_lora,
     build_arg_parser,
@@ -35,14 +36,7 @@ def make_run(tmp_path, *flags):
 
 @pytest.fixture(scope="module")
 def type1_records():
-    """Type-1 records rendered from the sample Asan-AMC-Healthinfo rows (instruction/input/output)."""
-    source = next((SAMPLE_DATA_DIR / "ChuGyouk" / "Asan-AMC-Healthinfo").rglob("*.jsonl"))
-    records = []
-    for line, row in iter_jsonl(source):
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        records.append({"id": f"asan-{line}", "source": "asan", "type": formats.TYPE1_TEXT,
-                        "messages": formats.type_messages(formats.TYPE1_TEXT, user, row["output"])})
-    return records
+    return asan_type1_records()
 
 
 def lora_module_names(model):

@@ -15,21 +15,8 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from script import formats
-from script.data_io import atomic_write_jsonl, iter_jsonl
-from script.training_config import SAMPLE_DATA_DIR
 from script.training_utils import FAULT_KILL_ENV
-
-
-def write_type1_data(data_dir):
-    source = next((SAMPLE_DATA_DIR / "ChuGyouk" / "Asan-AMC-Healthinfo").rglob("*.jsonl"))
-    records = []
-    for line, row in iter_jsonl(source):
-        user = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
-        records.append({"id": f"asan-{line}", "source": "asan", "type": formats.TYPE1_TEXT,
-                        "messages": formats.type_messages(formats.TYPE1_TEXT, user, row["output"])})
-    atomic_write_jsonl(data_dir / "train.jsonl", records[:64])
-    atomic_write_jsonl(data_dir / "validation.jsonl", records[64:72])
+from tests.sample_records import write_type1_data
 
 
 def train(data_dir, output, *extra, kill_at=None):
