@@ -26,13 +26,20 @@ def test_sign_test_is_two_sided_and_symmetric():
     assert er.sign_test_two_sided(0, 0) == 1.0
 
 
-def fake_report(correct_ids, n=10, name="m"):
-    items = [{"id": f"q{i}", "correct": f"q{i}" in correct_ids, "subject": "doctor"} for i in range(n)]
+def fake_report(correct_ids, n=10, name="m", subjects=("doctor",), chance=0.2, dataset="kormedmcqa", adapters=()):
+    """An evaluation report in validation_kor_med_test.py's shape; item i belongs to subjects[i % len]."""
+    items = [{"id": f"q{i}", "correct": f"q{i}" in correct_ids, "subject": subjects[i % len(subjects)]}
+             for i in range(n)]
     correct = sum(row["correct"] for row in items)
-    return {"accuracy": correct / n, "correct": correct, "total": n, "chance": 0.2, "mode": "letter",
-            "prompt": {"style": "train02"}, "model": {"name": name}, "set": {"name": "guide604"},
-            "per_subject": {"doctor": {"accuracy": correct / n, "correct": correct, "total": n, "chance": 0.2}},
-            "items": items}
+    per_subject = {}
+    for subject in subjects:
+        rows = [row for row in items if row["subject"] == subject]
+        hits = sum(row["correct"] for row in rows)
+        per_subject[subject] = {"accuracy": hits / len(rows), "correct": hits, "total": len(rows), "chance": chance}
+    return {"accuracy": correct / n, "correct": correct, "total": n, "chance": chance, "mode": "letter",
+            "prompt": {"style": "train02"}, "model": {"name": name, "adapters": list(adapters)},
+            "set": {"name": "guide604" if dataset == "kormedmcqa" else "kmmlu_medical_test", "dataset": dataset},
+            "per_subject": per_subject, "per_division": {}, "items": items}
 
 
 def test_compare_counts_gained_and_lost_items_by_id(tmp_path):
@@ -63,3 +70,11 @@ def test_a_file_that_is_not_a_report_is_a_clear_error(tmp_path, capsys):
     bad.write_text('{"hello": 1}', encoding="utf-8")
     assert er.main(["--compare", str(bad)]) == 2
     assert "not an evaluation report" in capsys.readouterr().err
+
+
+def test_report_mode_flags_do_not_mix_with_compare(tmp_path):
+    with pytest.raises(SystemExit):
+        er.parse_args(["--compare", str(tmp_path / "a.json"), "--run-evals"])
+    with pytest.raises(SystemExit):
+        er.parse_args(["--compare", str(tmp_path / "a.json"), "--model", "tiny"])
+    assert er.parse_args([]).model == "tiny" and er.parse_args([]).compare is None  # no --compare: report mode
