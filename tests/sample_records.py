@@ -21,3 +21,11 @@ def write_type1_data(data_dir) -> None:
     records = asan_type1_records()
     atomic_write_jsonl(data_dir / "train.jsonl", records[:64])
     atomic_write_jsonl(data_dir / "validation.jsonl", records[64:72])
+
+
+def tiny_run(tmp_path, *flags, stage: str = "test", model: str = "tiny"):
+    """A RunConfig for a tiny model writing under ``tmp_path/out`` (extra trainer flags appended)."""
+    from script.training_utils import build_arg_parser, start_run
+
+    args = build_arg_parser(None).parse_args(["--model", model, "--output", str(tmp_path / "out"), *flags])
+    return start_run(args, stage=stage, script="test")

@@ -10,12 +10,11 @@ import torch
 from peft import PeftModel
 
 from script import formats
-from tests.sample_records import asan_type1_records
+from tests.sample_records import asan_type1_records, tiny_run
 from script.data_io import atomic_write_jsonl
 from script.training_config import LORA_TARGET_MODULES
 from script.training_utils import (
     attach_lora,
-    build_arg_parser,
     build_trainer,
     create_lora_config,
     load_adapter,
@@ -23,15 +22,9 @@ from script.training_utils import (
     load_model_and_tokenizer,
     lora_target_modules,
     save_final,
-    start_run,
     to_sft_dataset,
     trainable_parameters,
 )
-
-
-def make_run(tmp_path, *flags):
-    args = build_arg_parser(None).parse_args(["--model", "tiny", "--output", str(tmp_path / "out"), *flags])
-    return start_run(args, stage="test", script="test")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +66,7 @@ def test_multimodal_lora_stays_out_of_the_vision_tower(tiny_models):
 
 
 def test_training_steps_lower_loss_change_only_lora_and_adapter_reloads(tiny_models, type1_records, tmp_path):
-    run = make_run(tmp_path, "--max-steps", "8", "--batch-size", "8")
+    run = tiny_run(tmp_path, "--max-steps", "8", "--batch-size", "8")
     model, tokenizer = load_model_and_tokenizer(run)
     base_before = {n: p.detach().clone() for n, p in model.named_parameters()}
     model = attach_lora(model, run)
@@ -106,7 +99,7 @@ def test_training_steps_lower_loss_change_only_lora_and_adapter_reloads(tiny_mod
 
 
 def test_completion_only_loss_masks_the_prompt(tiny_models, type1_records, tmp_path):
-    run = make_run(tmp_path, "--max-steps", "1")
+    run = tiny_run(tmp_path, "--max-steps", "1")
     model, tokenizer = load_model_and_tokenizer(run)
     trainer = build_trainer(run, attach_lora(model, run), tokenizer, to_sft_dataset(type1_records[:4]),
                             save_strategy="no")
@@ -121,7 +114,7 @@ def test_completion_only_loss_masks_the_prompt(tiny_models, type1_records, tmp_p
 
 
 def test_eight_bit_path_trains_and_reloads_with_same_logits(tiny_models, type1_records, tmp_path):
-    run = make_run(tmp_path, "--max-steps", "3", "--quantization", "8bit")
+    run = tiny_run(tmp_path, "--max-steps", "3", "--quantization", "8bit")
     run.train_embeddings = True  # embeddings in modules_to_save on a quantized base: the guide's fix
     model, tokenizer = load_model_and_tokenizer(run)
     assert type(model.model.layers[0].self_attn.q_proj).__name__ == "Linear8bitLt"
@@ -145,9 +138,7 @@ def test_eight_bit_path_trains_and_reloads_with_same_logits(tiny_models, type1_r
 
 
 def test_multimodal_model_trains_on_text_only_data(tiny_models, type1_records, tmp_path):
-    args = build_arg_parser(None).parse_args(["--model", "tiny-mm", "--output", str(tmp_path / "mm"),
-                                              "--max-steps", "3"])
-    run = start_run(args, stage="test", script="test")
+    run = tiny_run(tmp_path, "--max-steps", "3", model="tiny-mm")
     model, tokenizer = load_model_and_tokenizer(run)
     vision_before = {n: p.detach().clone() for n, p in model.named_parameters() if "vision_tower" in n}
     model = attach_lora(model, run)
