@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline merge loop probe-focus extend-tokenizer gpu-memory test bench bench-data bench-eval eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory test test-reliability bench bench-train bench-data bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -53,16 +53,35 @@ gpu-memory: setup  ## per-GPU memory and what MODEL needs to train (no CUDA: the
 merge: setup  ## merge the pipeline's final adapter chain into the base -> model/merged/MODEL (plain transformers)
 	$(PY) -m script.merge_and_export --model model/02_trained/$(MODEL)/final --output model/merged/$(MODEL) --force
 
+report: setup  ## Phase 6 report of MODEL -> logs/report_MODEL/ (report.md, report.json, charts); RUN_EVALS=1 runs missing evaluations
+	$(PY) -m script.evaluation_report --model $(MODEL) $(if $(filter 1,$(RUN_EVALS)),--run-evals)
+
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
 
-bench: bench-data bench-eval  ## every benchmark; each prints one JSON object
+# Every reliability case (the slow kill/restart runs too), then docs/RELIABILITY.md from the results;
+# the page is regenerated even when a case fails, and the target then fails too.
+RELIABILITY_RESULTS := logs/reliability/results.json
+test-reliability: setup  ## fault injection + bad-input fuzzing (all cases, ~7 min on 2 cores), then docs/RELIABILITY.md
+	status=0; RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) OMP_NUM_THREADS=1 $(PY) -m pytest tests/reliability -q -m "" || status=$$?; \
+	$(PY) -m script.reliability_table --results $(RELIABILITY_RESULTS) --output docs/RELIABILITY.md && exit $$status
+
+bench: bench-train bench-data bench-eval bench-divisions  ## every benchmark; each prints one JSON object
+
+bench-train: setup  ## training tokens/s: the guide's padding, TRL defaults, this toolkit (same model, data, losses)
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench_train --model $(MODEL) $(if $(STEPS),--steps $(STEPS))
 
 bench-data: setup  ## refine + verify + exclusion at the guide's scale (~184K records), plain-text memory
 	$(PY) -m script.bench_data
 
 bench-eval: setup  ## KorMedMCQA scoring: per-question generate vs batched letter mode
 	HF_HUB_OFFLINE=1 $(PY) -m script.bench_eval
+
+bench-divisions: setup  ## division annotation: lexical vs model stage vs generate-and-parse (UNKNOWN %, accuracy, samples/s)
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench_divisions --model $(MODEL)
+
+divisions: setup  ## Phase 5: annotate divisions, validate/fix, check, organize, train MODEL with per-division reports
+	HF_HUB_OFFLINE=1 PYTHON=$(PY) bash phase5_subject_training/scripts/run_division_pipeline.sh --model $(MODEL)
 
 # lm-evaluation-harness is installed into the same venv only for this target (its own stamp).
 CROSSCHECK_STAMP := $(VENV)/.crosscheck-stamp

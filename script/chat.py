@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from script import formats
 from script.training_config import DEFAULT_MODEL
+from script.training_utils import add_pickle_weights_flag
 
 logger = logging.getLogger("chat")
 
@@ -98,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
                         help="load the base in 8/4 bit to fit a small card (single adapter only)")
+    add_pickle_weights_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -108,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from script.training_utils import ConfigError
 
     try:
-        loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization)
+        loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization,
+                                     allow_pickle_weights=args.allow_pickle_weights)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

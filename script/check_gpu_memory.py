@@ -36,6 +36,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from script.data_io import read_json
 from script.training_config import (
     DEFAULT_MODEL,
     LORA_TARGET_MODULES,
@@ -143,8 +144,19 @@ class UnknownArchitectureError(ValueError):
     pass
 
 
+_DIMENSIONS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
+
+
 def architecture_from_config(config: dict, source: str) -> Architecture:
+    if not isinstance(config, dict):
+        raise UnknownArchitectureError(f"{source}: expected a JSON object, found {type(config).__name__}")
     text = config.get("text_config") or config
+    if not isinstance(text, dict):
+        raise UnknownArchitectureError(f"{source}: 'text_config' should be an object, found {type(text).__name__}")
+    for name in _DIMENSIONS + ("num_key_value_heads", "head_dim"):
+        value = text.get(name)
+        if name in text and value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise UnknownArchitectureError(f"{source}: {name!r} should be a positive integer, found {value!r}")
     try:
         return Architecture(
             hidden_size=text["hidden_size"],
@@ -166,7 +178,7 @@ def resolve_architecture(path: str) -> Architecture:
     """config.json of a local model dir, else the published dimensions of a known hub checkpoint."""
     config_file = Path(path) / "config.json"
     if config_file.is_file():
-        return architecture_from_config(json.loads(config_file.read_text(encoding="utf-8")), str(config_file))
+        return architecture_from_config(read_json(config_file), str(config_file))  # DataError path:line if broken
     if path in KNOWN_ARCHITECTURES:
         return KNOWN_ARCHITECTURES[path]
     raise UnknownArchitectureError(

@@ -8,11 +8,14 @@ reported the same way everywhere and never silently dropped; every writer goes t
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -63,6 +66,39 @@ def _decode_line(raw: bytes, line_no: int) -> str:
     return raw.decode("utf-8").rstrip("\r\n")
 
 
+def _parse_json(text: str) -> tuple[Any, str | None, int]:
+    """(value, None, 0) or (None, reason, line within ``text``) for one JSON text; never raises on bad input."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return None, f"invalid JSON ({exc.msg} at column {exc.colno})", exc.lineno
+    except RecursionError:  # "[[[[...": the decoder recurses once per level
+        return None, "invalid JSON (nested too deeply)", 1
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        return None, f"invalid JSON ({str(exc)[:120]})", 1
+    # "\\ud800" alone decodes to a lone surrogate, which no UTF-8 writer can write back later.
+    try:
+        lone_surrogate = "\\u" in text and _has_lone_surrogate(value)
+    except RecursionError:
+        return None, "invalid JSON (nested too deeply)", 1
+    if lone_surrogate:
+        return None, "invalid JSON (a \\uD800-\\uDFFF escape that is not part of a surrogate pair)", 1
+    return value, None, 0
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is not None
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def iter_jsonl(
     path: str | os.PathLike,
     validate: Validator | None = None,
@@ -88,11 +124,8 @@ def iter_jsonl(
             if reason is None:
                 if not text.strip():
                     continue
-                try:
-                    record = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    reason = f"invalid JSON ({exc.msg} at column {exc.colno})"
-                else:
+                record, reason, _ = _parse_json(text)
+                if reason is None:
                     if not isinstance(record, dict):
                         reason = f"expected a JSON object, found {type(record).__name__}"
                     elif validate is not None:
@@ -164,12 +197,58 @@ def require_fields(*names: str, types: dict[str, type | tuple[type, ...]] | None
 # ---------------------------------------------------------------------------
 # Atomic writes: temp file in the same directory, fsync, rename over the target.
 # ---------------------------------------------------------------------------
+# Host part of temp names: short and file-name safe whatever the host name is.
+_HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temp_marker(target: Path) -> str:
+    return f".{target.name}.tmp-{_HOST_TAG}-"
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed writer not yet reaped by its parent is a zombie: gone for our purposes
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def remove_stale_temps(target: str | os.PathLike) -> int:
+    """Delete the temp files/dirs a killed writer left beside ``target``; returns how many.
+
+    Temp names carry the writer's host and pid (``.<name>.tmp-<host>-<pid>-...``): only those of
+    this host whose process is gone are removed, never a live writer's (or another machine's on a
+    shared filesystem). Called before every atomic write, so a crash loop cannot fill the disk.
+    """
+    target = Path(target)
+    marker = _temp_marker(target)
+    removed = 0
+    for path in target.parent.glob(glob.escape(marker) + "*"):
+        pid = path.name[len(marker):].split("-", 1)[0]
+        if not pid.isdigit() or _process_alive(int(pid)):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        logger.info("removed %s, left by a writer that was killed", path)
+        removed += 1
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO[Any]]:
     """Open a temp file next to ``path``; on success it replaces ``path``, on error it is removed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    remove_stale_temps(target)
+    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-", suffix=".tmp")
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -194,7 +273,8 @@ def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    remove_stale_temps(target)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-"))
     try:
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
@@ -250,15 +330,60 @@ def atomic_write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> int:
     return count
 
 
+def atomic_save_figure(fig: Any, path: str | os.PathLike, **savefig_kwargs: Any) -> Path:
+    """``fig.savefig`` through ``atomic_open``: a kill mid-save leaves the previous image, never half a PNG.
+
+    The format comes from the suffix of ``path`` unless ``format=`` is given (the temp name has none).
+    """
+    target = Path(path)
+    savefig_kwargs.setdefault("format", target.suffix.lstrip(".") or "png")
+    with atomic_open(target, "wb") as handle:
+        fig.savefig(handle, **savefig_kwargs)
+    return target
+
+
+def safe_child_path(root: str | os.PathLike, name: Any, what: str = "name") -> Path:
+    """``root / name`` for a ``name`` taken from a data file, refused unless it stays inside ``root``.
+
+    A record field that becomes a file or folder name ("../../x", "/etc/x", "a/b", "", ".") must
+    not write outside the output directory. ``name`` may be a relative path of several plain parts
+    (``config/split.jsonl``); absolute paths, ``..``, backslashes, NUL and empty parts are refused
+    with a ``DataError`` saying which ``what`` was wrong.
+    """
+    if not isinstance(name, str):
+        raise DataError(f"{what} {name!r} should be a string naming a file under {root}")
+    parts = name.split("/")
+    bad = (not name or name.startswith("/") or "\\" in name or "\0" in name
+           or any(part in ("", ".", "..") for part in parts))
+    candidate = Path(root, *parts) if not bad else None
+    if candidate is not None:
+        # A symlink inside root may still point outside it.
+        resolved_root = Path(root).resolve()
+        if resolved_root != candidate.resolve() and resolved_root not in candidate.resolve().parents:
+            bad = True
+    if bad:
+        raise DataError(f"{what} {name!r} is not a safe path under {root}: expected plain names joined by '/' "
+                        "(no '..', '.', empty parts, absolute paths, backslashes or links leading outside)")
+    return candidate
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON document; a syntax error is reported as ``path:line: reason``."""
+    with open(path, "rb") as handle:
+        raw = handle.read()
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # UTF-8 byte-order mark written by some editors
     try:
-        with open(path, encoding="utf-8-sig") as handle:
-            return json.load(handle)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: invalid UTF-8 at byte {exc.start}") from None
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: invalid UTF-8 at byte {exc.start}") from None
+    if not text.strip():
+        raise DataError(f"{path}:1: empty file, expected a JSON document")
+    value, reason, line = _parse_json(text)
+    if reason is not None:
+        raise DataError(f"{path}:{line}: {reason}")
+    return value
 
 
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

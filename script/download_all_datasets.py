@@ -34,7 +34,15 @@ from typing import Any
 
 from tqdm import tqdm
 
-from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, iter_jsonl, read_json, sha256_file
+from script.data_io import (
+    DataError,
+    atomic_write_json,
+    atomic_write_jsonl,
+    iter_jsonl,
+    read_json,
+    safe_child_path,
+    sha256_file,
+)
 from script.sources import DEFAULT_CONFIG, SOURCES, Source, get_source, missing_columns, raw_path, source_names
 from script.training_config import RAW_DIR, SAMPLE_DATA_DIR
 
@@ -107,9 +115,13 @@ def origin_of(source: Source, settings: Settings) -> dict:
 
 def entry_is_current(entry: dict | None, expected: dict, output: Path) -> bool:
     """True when the recorded part matches ``expected`` (identity()) and its file is intact."""
-    if not entry or any(entry.get(key) != value for key, value in expected.items()):
+    if not isinstance(entry, dict) or any(entry.get(key) != value for key, value in expected.items()):
         return False
-    path = output / entry.get("path", "")
+    try:  # a hand-edited manifest must not point the check at files outside the output dir
+        path = safe_child_path(output, entry.get("path"), f"{output / MANIFEST_NAME}: part path")
+    except DataError as exc:
+        logger.warning("%s; the part is downloaded again", exc)
+        return False
     return path.is_file() and sha256_file(path) == entry.get("sha256")
 
 

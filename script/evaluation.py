@@ -546,10 +546,12 @@ def normalise_kmmlu_row(record: Mapping[str, Any], subject: str, split: str, row
     if missing:
         raise ValueError(f"missing column {missing[0]!r} (expected columns: {', '.join(KMMLU_COLUMNS)}; "
                          f"found: {', '.join(record)})")
-    question = "" if record["question"] is None else str(record["question"]).strip()
+    from script.kormedmcqa import cell_text
+
+    question = cell_text(record["question"], "question")
     if not question:
         raise ValueError("empty 'question'")
-    options = {letter: "" if record[letter] is None else str(record[letter]).strip() for letter in KMMLU_LETTERS}
+    options = {letter: cell_text(record[letter], letter) for letter in KMMLU_LETTERS}
     empty = [letter for letter, text in options.items() if not text]
     if empty:
         raise ValueError(f"empty option {empty[0]!r}")
@@ -1170,15 +1172,32 @@ def medical_dictionary_path() -> Path:
 
 
 def read_dictionary_terms(path: str | Path) -> list[str]:
-    """Headwords of a dictionary: a JSON array or JSONL of ``{"term", "definition"}``."""
+    """Headwords of a dictionary: a JSON array or JSONL of ``{"term", "definition"}``.
+
+    An entry without a text ``term`` is skipped with a warning naming it (``path: entry [i]`` or
+    ``path:line``); the warning also counts them.
+    """
     path = Path(path)
     if path.suffix == ".json":
         entries = read_json(path)
         if not isinstance(entries, list):
-            raise DataError(f"{path}: expected a JSON array of {{'term', 'definition'}}")
+            raise DataError(f"{path}: expected a JSON array of {{'term', 'definition'}}, found {type(entries).__name__}")
+        where = [f"{path}: entry [{i}]" for i in range(len(entries))]
     else:
-        entries = [record for _, record in iter_jsonl(path, on_reject=lambda r: logger.warning("%s", r))]
-    return [str(e["term"]).strip() for e in entries if isinstance(e, dict) and str(e.get("term") or "").strip()]
+        lines = list(iter_jsonl(path, on_reject=lambda r: logger.warning("%s", r)))
+        entries, where = [record for _, record in lines], [f"{path}:{line}" for line, _ in lines]
+    terms, skipped = [], 0
+    for entry, place in zip(entries, where):
+        term = entry.get("term") if isinstance(entry, dict) else None
+        if isinstance(term, str) and term.strip():
+            terms.append(term.strip())
+        else:
+            skipped += 1
+            logger.warning("%s: no text 'term' (found %s); skipped", place, type(term if isinstance(entry, dict)
+                                                                                  else entry).__name__)
+    if skipped:
+        logger.warning("%s: %d of %d entries skipped", path, skipped, len(entries))
+    return terms
 
 
 @functools.lru_cache(maxsize=1)
@@ -1402,7 +1421,8 @@ def resolve_model_arg(model: str) -> tuple[str | None, str]:
 
 
 def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device: str = "auto",
-                        quantization: str = "none", attn_implementation: str = "eager") -> LoadedModel:
+                        quantization: str = "none", attn_implementation: str = "eager",
+                        allow_pickle_weights: bool = False) -> LoadedModel:
     """Base model + adapters, in eval mode, with a left-padding tokenizer.
 
     ``model`` is a registry name, a model dir/hub id, or an adapter dir (loaded on the base named
@@ -1414,11 +1434,12 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
     run trained on one) stands for its whole chain: its parents come first, each adapter once
     (``training_utils.resolve_adapter_chain``), and the base is the one the first adapter names.
     The tokenizer is the last adapter's when it saved one (a vocabulary extension travels with the
-    adapter), else the base model's.
+    adapter), else the base model's. Only safetensors weights load unless ``allow_pickle_weights``.
     """
     from script.training_utils import (
         ConfigError,
         adapter_base_model,
+        check_adapter_weights,
         ensure_model_available,
         is_adapter_dir,
         load_base_model,
@@ -1442,13 +1463,15 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
         path = adapter_base_model(chain[0])
     if len(chain) > 1 and quantization != "none":
         raise ConfigError("merging a chain of adapters needs an unquantized base; use --quantization none")
-    ensure_model_available(path)
+    for adapter in chain:
+        check_adapter_weights(adapter, allow_pickle_weights)
+    ensure_model_available(path, allow_pickle_weights)
     device = resolve_device(device)
     dtype = resolve_dtype(device)
     tokenizer_dir = next((a for a in reversed(chain) if Path(a, "tokenizer_config.json").is_file()), path)
     tokenizer = load_tokenizer(tokenizer_dir, padding_side="left")
     model_obj = load_base_model(path, device, dtype, quantization, gradient_checkpointing=False,
-                                attn_implementation=attn_implementation)
+                                attn_implementation=attn_implementation, allow_pickle_weights=allow_pickle_weights)
     rows = model_obj.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows:  # an extended vocabulary: the adapter's saved embeddings expect the rows
         logger.info("resizing embeddings %d -> %d rows for the tokenizer of %s", rows, len(tokenizer), tokenizer_dir)

@@ -38,9 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
-import shutil
 import sys
 import tempfile
 import time
@@ -54,6 +52,7 @@ from script.data_io import (
     DataError,
     Reject,
     atomic_open,
+    atomic_write_dir,
     atomic_write_json,
     count_lines,
     iter_jsonl,
@@ -125,17 +124,6 @@ def check_paths(source: Path, output: Path, force: bool) -> None:
                         f"earlier output of this script (pass --force to replace it)")
 
 
-def replace_dir(built: Path, target: Path) -> None:
-    """Put ``built`` where ``target`` is; the old target is removed only after the swap."""
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(built, target)
-    if old is not None:
-        shutil.rmtree(old)
-
-
 # ---------------------------------------------------------------------------
 # Exclusion
 # ---------------------------------------------------------------------------
@@ -187,9 +175,9 @@ def exclude(source: Path, output: Path, test_files: Sequence[Path], threshold: f
 
     files = sorted(p for p in source.rglob("*.jsonl") if p.is_file())
     others = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and p.suffix != ".jsonl")
-    output.parent.mkdir(parents=True, exist_ok=True)
-    building = Path(tempfile.mkdtemp(prefix=f".{output.name}.building-", dir=output.parent))
-    try:
+    stats: dict = {}
+
+    def build(building: Path) -> None:  # a temp folder beside output, renamed into place when complete
         rejects: list[Reject] = []
         removals: list[dict] = []
         per_file = {}
@@ -198,13 +186,11 @@ def exclude(source: Path, output: Path, test_files: Sequence[Path], threshold: f
             per_file[rel] = filter_file(path, rel, building / rel, index, rejects, removals)
         if rejects:
             write_rejects(building / REJECTS_FILE, rejects)
-        stats = build_stats(source, output, per_file, removals, rejects, sets_of, test_sets, len(index),
-                            threshold, min_near_chars, others, time.perf_counter() - started)
+        stats.update(build_stats(source, output, per_file, removals, rejects, sets_of, test_sets, len(index),
+                                 threshold, min_near_chars, others, time.perf_counter() - started))
         atomic_write_json(building / STATS_FILE, stats)
-        replace_dir(building, output)
-    except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
-        raise
+
+    atomic_write_dir(output, build)
     return stats
 
 

@@ -122,6 +122,14 @@ def _clean_cell(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
+def cell_text(value: Any, column: str) -> str:
+    """A question/option cell as trimmed text: None is empty and numbers are text (exports write
+    "5" or 5); a list, an object or a boolean is no cell of an upstream row and raises ValueError."""
+    if isinstance(value, (bool, list, dict)):
+        raise ValueError(f"field {column!r} should be text, found {type(value).__name__}")
+    return _clean_cell(value)
+
+
 def item_key(record: Mapping[str, Any], row: int) -> str:
     """Stable per-split key: ``<year>-<period>-<q_number>`` where upstream has them, else ``row<N>``."""
     parts = [_clean_cell(record.get(name)) for name in ("year", "period", "q_number")]
@@ -146,10 +154,10 @@ def normalise_item(record: Mapping[str, Any], config: str, split: str, row: int)
             f"missing column {missing[0]!r} (expected columns: {', '.join(UPSTREAM_COLUMNS)}; "
             f"found: {', '.join(record)})"
         )
-    question = _clean_cell(record["question"])
+    question = cell_text(record["question"], "question")
     if not question:
         raise ValueError("empty 'question'")
-    options = {letter: _clean_cell(record[letter]) for letter in OPTION_LETTERS}
+    options = {letter: cell_text(record[letter], letter) for letter in OPTION_LETTERS}
     empty = [letter for letter in OPTION_LETTERS[:4] if not options[letter]]
     if empty:
         raise ValueError(f"empty option {empty[0]!r}")

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from script.data_io import atomic_write_dir
 from script.sample_knowledge import (
     CONDITIONS,
     DIVISIONS,
@@ -1098,24 +1097,15 @@ def render(seed: int) -> dict[str, str]:
 
 
 def write_tree(files: dict[str, str], out: Path) -> None:
-    """Write into a temporary sibling directory, then swap it in, so readers never
-    see a half-written tree."""
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    for leftover in (tmp, old):
-        if leftover.exists():
-            shutil.rmtree(leftover)
-    for rel, text in sorted(files.items()):
-        path = tmp / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(text.encode("utf-8"))
-    if out.exists():
-        out.rename(old)
-    tmp.rename(out)
-    if old.exists():
-        shutil.rmtree(old)
+    """Write into a temporary sibling directory, then swap it in (data_io.atomic_write_dir), so
+    readers never see a half-written tree."""
+    def fill(tmp: Path) -> None:
+        for rel, text in sorted(files.items()):
+            path = tmp / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text.encode("utf-8"))
+
+    atomic_write_dir(out.resolve(), fill)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
-from script.data_io import DataError, atomic_write_dir, atomic_write_json, read_json, recover_dir, sha256_file
+from script.data_io import (
+    DataError,
+    atomic_save_figure,
+    atomic_write_dir,
+    atomic_write_json,
+    read_json,
+    recover_dir,
+    sha256_file,
+)
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR, UnknownModelError
 from script.training_utils import ConfigError, RunConfig
 
@@ -396,6 +404,12 @@ class RoundTrainer:
         logger.info("round %d: %d steps on %s (run steps %d-%d of %d)", len(self.rounds) + 1, n_steps, type_name,
                     start + 1, start + n_steps, self.total_steps)
         output = trainer.train()
+        if int(trainer.state.global_step) == 0:
+            # TRL drops records whose prompt alone fills --max-length; a round of only such records trains
+            # nothing, and without this stop the policy would ask for the same round forever.
+            raise ConfigError(f"round {len(self.rounds) + 1}: none of the {len(records)} {type_name} records could be "
+                              f"trained (each prompt fills --max-length {self.run.max_length} and leaves no answer "
+                              "token); raise --max-length")
         self.global_step += int(trainer.state.global_step)
         entry = {"round": len(self.rounds) + 1, "type": type_name, "start_step": start, "end_step": self.global_step,
                  "steps": self.global_step - start, "records": len(records), "loss": round(float(output.training_loss), 6),
@@ -669,9 +683,6 @@ def plot_accuracy_curve(history: Sequence[dict], path: Path, target: float, x_ke
     ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    atomic_save_figure(fig, path, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -48,6 +48,7 @@ from script.training_config import (
 logger = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "8bit", "4bit")
+BATCHING_CHOICES = ("padding-free", "padded")
 
 
 class ConfigError(ValueError):
@@ -78,6 +79,7 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
     g.add_argument("--seed", type=int, default=42, help="seed for shuffles, splits and init (default: %(default)s)")
     g.add_argument("--resume", action="store_true",
                    help="continue from the last checkpoint-N in the output dir (optimizer, scheduler, RNG, data)")
+    add_pickle_weights_flag(g)
 
     o = parser.add_argument_group("overrides of the model registry (script/training_config.py)")
     o.add_argument("--lr", type=float, default=None, help="learning rate")
@@ -93,6 +95,10 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
                    help="base weights: auto (registry setting on CUDA, none on CPU), none, 8bit, 4bit (nf4)")
     o.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto",
                    help="auto = the model's MEMORY_CONFIGS setting")
+    o.add_argument("--batching", choices=BATCHING_CHOICES, default="padding-free",
+                   help="padding-free: each micro-batch is one row of its records back to back, no pad token "
+                        "computed (same records and loss as padded); padded: rows padded to the longest "
+                        "(TRL's default) (default: %(default)s)")
     return parser
 
 
@@ -134,6 +140,9 @@ class RunConfig:
     started_at: str = ""
     # Adapters merged under the trained one (adapter_chain.json of --base-model); final/ keeps the list.
     adapter_parents: list[str] = field(default_factory=list)
+    # --allow-pickle-weights: accept model/adapter dirs that offer only pickle (.bin) weights.
+    allow_pickle_weights: bool = False
+    batching: str = "padding-free"  # see BATCHING_CHOICES
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("model_config", "memory_config")}
@@ -252,8 +261,10 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
         resume=args.resume,
         show_samples_every=args.show_samples_every,
         eval_samples=args.eval_samples,
+        batching=getattr(args, "batching", "padding-free"),
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        allow_pickle_weights=getattr(args, "allow_pickle_weights", False),
     )
     set_seed(run.seed)
     logger.info("*** %s: %s on %s (%s, quantization=%s) -> %s", run.script, run.model_name, run.device,
@@ -269,10 +280,44 @@ def is_adapter_dir(path: str | Path) -> bool:
     return Path(path, "adapter_config.json").is_file()
 
 
-def ensure_model_available(run_or_path: RunConfig | str) -> str:
-    """Check a local model dir is usable (safetensors weights); build the embedded model if missing."""
+PICKLE_WEIGHTS_FLAG = "--allow-pickle-weights"
+PICKLE_FILE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+def add_pickle_weights_flag(parser) -> None:
+    """``--allow-pickle-weights`` on a parser or argument group; every script that loads models has it."""
+    parser.add_argument(PICKLE_WEIGHTS_FLAG, action="store_true",
+                        help="also load model/adapter dirs that offer only pickle weights (*.bin); pickle can run "
+                             "code when unpickled, so by default only safetensors are loaded")
+
+
+def check_adapter_weights(adapter_dir: str | Path, allow_pickle_weights: bool = False) -> None:
+    """Refuse an adapter dir whose only weights are pickle (``adapter_model.bin``) unless allowed.
+
+    PEFT falls back to ``adapter_model.bin`` silently when the safetensors file is missing.
+    """
+    local = Path(adapter_dir)
+    if not local.is_dir() or (local / "adapter_model.safetensors").is_file():
+        return
+    pickled = sorted(p.name for pattern in PICKLE_FILE_PATTERNS for p in local.glob(pattern))
+    if not pickled:
+        raise ConfigError(f"{local}: adapter dir without adapter_model.safetensors")
+    if not allow_pickle_weights:
+        raise ConfigError(f"{local}: the adapter offers only pickle weights ({', '.join(pickled)}), which are "
+                          f"refused; convert them to safetensors, or pass {PICKLE_WEIGHTS_FLAG} if you trust them")
+    logger.warning("%s: loading pickle adapter weights (%s) because %s was given",
+                   local, ", ".join(pickled), PICKLE_WEIGHTS_FLAG)
+
+
+def ensure_model_available(run_or_path: RunConfig | str, allow_pickle_weights: bool = False) -> str:
+    """Check a local model dir is usable (safetensors weights); build the embedded model if missing.
+
+    A dir offering only pickle weights (``*.bin``) is refused unless ``allow_pickle_weights``
+    (``--allow-pickle-weights``; a RunConfig carries its own setting).
+    """
     if isinstance(run_or_path, RunConfig):
         path, build = run_or_path.base_model, run_or_path.model_config.build_command
+        allow_pickle_weights = allow_pickle_weights or run_or_path.allow_pickle_weights
         if path != run_or_path.model_config.path:
             build = ""
     else:
@@ -285,11 +330,17 @@ def ensure_model_available(run_or_path: RunConfig | str) -> str:
             raise ConfigError(f"model dir {local} does not exist")
         return path  # a hub id: from_pretrained resolves it (offline: from the local cache)
     if is_adapter_dir(local):
+        check_adapter_weights(local, allow_pickle_weights)
         return path
     weights = list(local.glob("*.safetensors"))
-    pickled = list(local.glob("*.bin")) + list(local.glob("*.pt"))
+    pickled = sorted(p.name for pattern in PICKLE_FILE_PATTERNS for p in local.glob(pattern))
     if not weights:
-        hint = " (it offers only pickle weights, which are refused: convert them to safetensors)" if pickled else ""
+        if pickled and allow_pickle_weights:
+            logger.warning("%s: loading pickle weights (%s) because %s was given",
+                           local, ", ".join(pickled), PICKLE_WEIGHTS_FLAG)
+            return path
+        hint = (f" (it offers only pickle weights, which are refused: convert them to safetensors, or pass "
+                f"{PICKLE_WEIGHTS_FLAG} if you trust them)") if pickled else ""
         raise ConfigError(f"{local}: no *.safetensors weights{hint}")
     return path
 
@@ -329,8 +380,10 @@ def is_multimodal(model_or_config) -> bool:
 
 
 def load_base_model(path: str, device: str, dtype, quantization: str = "none",
-                    gradient_checkpointing: bool = False, attn_implementation: str = "eager"):
-    """Load a Gemma-3 text or multimodal checkpoint for training, safetensors only.
+                    gradient_checkpointing: bool = False, attn_implementation: str = "eager",
+                    allow_pickle_weights: bool = False):
+    """Load a Gemma-3 text or multimodal checkpoint for training, safetensors only
+    (unless ``allow_pickle_weights``: then safetensors first, pickle as the fallback).
 
     Multimodal checkpoints (MedGemma-4B-it, tiny-mm) load as Gemma3ForConditionalGeneration
     through AutoModelForCausalLM; their vision tower is frozen.
@@ -345,7 +398,7 @@ def load_base_model(path: str, device: str, dtype, quantization: str = "none",
         device_map={"": device},
         quantization_config=_quantization_config(quantization, dtype, multimodal),
         attn_implementation=attn_implementation,  # recommended for Gemma 3 training
-        use_safetensors=True,
+        use_safetensors=None if allow_pickle_weights else True,
         trust_remote_code=False,
     )
     if multimodal:
@@ -380,19 +433,24 @@ def load_model_and_tokenizer(run: RunConfig, adapter_trainable: bool = True):
     if is_adapter_dir(path):
         chain = resolve_adapter_chain(path)
         model, tokenizer = load_merged_chain(run, chain[:-1], tokenizer_dirs=chain[-1:])
-        model = load_adapter(model, path, is_trainable=adapter_trainable)
+        model = load_adapter(model, path, is_trainable=adapter_trainable,
+                             allow_pickle_weights=run.allow_pickle_weights)
         run.adapter_parents = chain[:-1]
     else:
         tokenizer = load_tokenizer(path)
-        model = load_base_model(path, run.device, dtype, run.quantization, run.gradient_checkpointing)
+        model = load_base_model(path, run.device, dtype, run.quantization, run.gradient_checkpointing,
+                                allow_pickle_weights=run.allow_pickle_weights)
     return model, tokenizer
 
 
 def adapter_base_model(adapter_dir: str | Path, fallback: str | None = None) -> str:
-    config = json.loads(Path(adapter_dir, "adapter_config.json").read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path") or fallback
-    if not base:
-        raise ConfigError(f"{adapter_dir}/adapter_config.json names no base model")
+    from script.data_io import read_json
+
+    config = read_json(Path(adapter_dir, "adapter_config.json"))  # DataError path:line on a broken file
+    base = (config.get("base_model_name_or_path") if isinstance(config, dict) else None) or fallback
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{adapter_dir}/adapter_config.json names no base model "
+                          "(expected a JSON object with a string 'base_model_name_or_path')")
     return base
 
 
@@ -459,9 +517,10 @@ def attach_lora(model, run: RunConfig):
     return model
 
 
-def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = True):
+def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = True, allow_pickle_weights: bool = False):
     from peft import PeftModel
 
+    check_adapter_weights(adapter_dir, allow_pickle_weights)
     model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
     if is_trainable:
         assert_trainable(model, f"adapter {adapter_dir}")
@@ -720,10 +779,106 @@ def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=
         for param in trainer.model.parameters():
             if param.requires_grad and param.dtype != dtype:
                 param.data = param.data.to(dtype)
+    if run.batching == "padding-free":
+        enable_padding_free(trainer)
+    add_compact_lm_head(trainer.model)
     for callback in callbacks:
         if hasattr(callback, "trainer"):
             callback.trainer = trainer
     return trainer
+
+
+# ---- the fast path: padding-free micro-batches and an LM head on the scored positions only -----
+def enable_padding_free(trainer) -> bool:
+    """Collate each micro-batch as one row of its records back to back, with restarting position ids.
+
+    The records, their order and the loss are those of padded batching; no pad position is computed.
+    Attention stays inside each record: with no attention mask, transformers derives a block-diagonal
+    causal mask from the position ids (any attention implementation), so padded and padding-free
+    batches give the same logits (tested). TRL allows padding-free without packing only when it
+    need not truncate; the datasets here are truncated to max_length when the trainer prepares
+    them, so the collator is switched afterwards. Text datasets only (vision inputs stay padded).
+    """
+    collator = getattr(trainer, "data_collator", None)
+    if getattr(trainer, "_is_vision_dataset", False) or not hasattr(collator, "padding_free"):
+        return False
+    collator.padding_free = True
+    trainer.padding_free = True
+    return True
+
+
+def add_compact_lm_head(model) -> bool:
+    """Score only the positions with a label when TRL's fused LM head would score every position.
+
+    TRL (>= 1.x) gives the model a ``fused_lm_head=True`` forward that returns per-token log-probs.
+    With its Triton kernel (CUDA/XPU) it projects only the labelled positions; elsewhere (CPU) it
+    projects every position, prompt and padding included, through the vocabulary. Under
+    completion-only loss most positions are prompt, so on those devices this forward projects the
+    labelled ones alone: same log-probs, entropy and top-1 flags, a fraction of the LM-head work.
+    Returns whether the compact forward was installed.
+    """
+    import types
+
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    trl_forward = base.__dict__.get("forward")  # set by SFTTrainer's add_fused_lm_head
+    text_config = base.config.get_text_config()
+    if trl_forward is None or getattr(base, "_compact_lm_head", False):
+        return False
+    if any(getattr(text_config, name, None) not in (None, 1.0) for name in
+           ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")):
+        return False  # logit scalings of other families: leave them to TRL
+    try:
+        from trl.kernels.chunked_logprob import _use_triton
+    except ImportError:  # a TRL without the kernel module: assume it projects every position
+        def _use_triton(device):
+            return False
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+
+    def compact_forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None,
+                        num_items_in_batch=None, **kwargs):
+        device = self.get_output_embeddings().weight.device
+        if not fused_lm_head or labels is None or shift_labels is not None or _use_triton(device):
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        from trl.trainer.utils import FusedCausalLMOutput
+
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state[:, :-1]
+        targets = labels[:, 1:].to(device)
+        mask = targets != -100
+        logits = self.get_output_embeddings()(hidden.to(device)[mask]).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        log_probs = torch.log_softmax(logits, dim=-1)
+        picked = log_probs.gather(-1, targets[mask].unsqueeze(-1)).squeeze(-1)
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+            is_top1 = (logits.argmax(-1) == targets[mask]).to(picked.dtype)
+
+        def spread(values):  # back to (batch, seq_len - 1), zero where the label is ignored
+            return values.new_zeros(mask.shape).masked_scatter(mask, values)
+
+        label_log_probs = spread(picked)
+        denominator = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+        return FusedCausalLMOutput(loss=-label_log_probs.sum() / denominator, log_probs=label_log_probs,
+                                   entropy=spread(entropy), is_top1=spread(is_top1), label_mask=mask)
+
+    base.forward = types.MethodType(compact_forward, base)
+    base._compact_lm_head = True
+    return True
+
+
+def batch_token_counts(batch: dict) -> tuple[int, int]:
+    """(real tokens, positions computed) of a collated micro-batch.
+
+    Padded batches carry an attention mask (1 = real token); a padding-free batch has none and
+    every position is a real token.
+    """
+    positions = int(batch["input_ids"].numel())
+    mask = batch.get("attention_mask")
+    return (int(mask.sum()) if mask is not None else positions), positions
 
 
 def last_checkpoint(output_dir: Path, remove_incomplete: bool = False) -> str | None:
@@ -915,6 +1070,7 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
         logger.info("%s = %.4g (target %s %g: %s)", key, metrics[key], op, value,
                     "met" if info["target"]["met"] else "not met")
     info.update(extra_info or {})
+    info.setdefault("training_options", training_options(trainer))
     return write_training_info(run, info)
 
 
@@ -1046,7 +1202,7 @@ def write_adapter_chain(adapter_dir: str | Path, parents: Sequence[str]) -> None
                           {"parents": [str(Path(p).resolve()) for p in parents]})
 
 
-def merge_adapters(model, adapters: Sequence[str], quantization: str = "none"):
+def merge_adapters(model, adapters: Sequence[str], quantization: str = "none", allow_pickle_weights: bool = False):
     """Merge each adapter into the weights, in order (``PeftModel.from_pretrained(...).merge_and_unload()``)."""
     if not adapters:
         return model
@@ -1057,6 +1213,7 @@ def merge_adapters(model, adapters: Sequence[str], quantization: str = "none"):
                        "(evaluation merges in full precision)", len(adapters), quantization)
     for adapter in adapters:
         logger.info("merging adapter %s into the base weights", adapter)
+        check_adapter_weights(adapter, allow_pickle_weights)
         model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
     return model
 
@@ -1069,12 +1226,12 @@ def load_merged_chain(run: RunConfig, parents: Sequence[str], tokenizer_dirs: Se
 
     adapters = [*parents, *tokenizer_dirs]
     base_path = adapter_base_model(adapters[0], fallback=run.model_config.path) if adapters else run.base_model
-    ensure_model_available(base_path)
+    ensure_model_available(base_path, run.allow_pickle_weights)
     tokenizer_dir = next((a for a in reversed(adapters) if Path(a, "tokenizer_config.json").is_file()), base_path)
     tokenizer = load_tokenizer(tokenizer_dir)
     model = load_base_model(base_path, run.device, getattr(torch, run.dtype), run.quantization,
-                            run.gradient_checkpointing)
-    return merge_adapters(model, list(parents), run.quantization), tokenizer
+                            run.gradient_checkpointing, allow_pickle_weights=run.allow_pickle_weights)
+    return merge_adapters(model, list(parents), run.quantization, run.allow_pickle_weights), tokenizer
 
 
 def adapter_chain_callbacks(run: RunConfig) -> list:
@@ -1453,6 +1610,8 @@ def training_options(trainer, **extra) -> dict:
         "packing": bool(args.packing),
         "packing_strategy": args.packing_strategy if args.packing else None,
         "padding_free": bool(getattr(trainer, "padding_free", False)),
+        "compact_lm_head": bool(getattr(getattr(trainer.model, "get_base_model", lambda: trainer.model)(),
+                                        "_compact_lm_head", False)),
         "completion_only_loss": getattr(trainer, "completion_only_loss", None),
         "gradient_checkpointing": bool(getattr(args, "gradient_checkpointing", False)
                                        or getattr(args, "activation_checkpointing", False)),
@@ -1471,8 +1630,8 @@ def update_training_info(run: RunConfig, info: dict, **fields) -> dict:
 
 
 # ---- the trainers' bodies ----------------------------------------------------------------------
-NO_PACKING_WHY = ("prompt/completion records with completion-only loss under eager attention: packed rows "
-                  "would attend across records (padding-free packing needs flash attention)")
+NO_PACKING_WHY = ("prompt/completion records: padding-free batching instead, which computes no padding and keeps "
+                  "the records of each step (packing would change how many records make a step)")
 
 
 def train_plain_text(description: str, argv: list[str] | None = None, script: str = "train_00_plain_text") -> dict:

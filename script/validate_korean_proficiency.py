@@ -48,7 +48,16 @@ from typing import Any
 
 from tqdm import tqdm
 
-from script.data_io import Reject, atomic_open, atomic_write_json, count_lines, iter_jsonl, read_json, write_rejects
+from script.data_io import (
+    DataError,
+    Reject,
+    atomic_open,
+    atomic_write_json,
+    count_lines,
+    iter_jsonl,
+    read_json,
+    write_rejects,
+)
 from script.formats import (
     OPTION_LETTERS,
     TRAINING_TYPES,
@@ -241,7 +250,11 @@ def load_lexicon(dictionaries: Sequence[Path] | None, refined_dir: Path, raw_dir
         terms, used = [], []
         for path in dictionaries:
             if path.suffix == ".json":
-                terms += [e.get("term") for e in read_json(path) if isinstance(e, dict)]
+                entries = read_json(path)
+                if not isinstance(entries, list):
+                    raise DataError(f"{path}: expected a JSON array of {{'term', 'definition'}}, "
+                                    f"found {type(entries).__name__}")
+                terms += [e.get("term") for e in entries if isinstance(e, dict)]
             else:
                 terms += [row.get("term") for _, row in iter_jsonl(path)]
             used.append(str(path))
