@@ -797,10 +797,15 @@ def enable_padding_free(trainer) -> bool:
     causal mask from the position ids (any attention implementation), so padded and padding-free
     batches give the same logits (tested). TRL allows padding-free without packing only when it
     need not truncate; the datasets here are truncated to max_length when the trainer prepares
-    them, so the collator is switched afterwards. Text datasets only (vision inputs stay padded).
+    them, so the collator is switched afterwards. Text datasets only (vision inputs stay padded),
+    and not for packed datasets. Returns whether it was switched on.
     """
     collator = getattr(trainer, "data_collator", None)
     if getattr(trainer, "_is_vision_dataset", False) or not hasattr(collator, "padding_free"):
+        return False
+    if trainer.args.packing:
+        # Packed rows are already full (wrapped) or padding-free (BFD); flattening full rows into
+        # one would only make the attention mask quadratic in the whole micro-batch.
         return False
     collator.padding_free = True
     trainer.padding_free = True
