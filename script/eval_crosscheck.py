@@ -57,6 +57,7 @@ from script.evaluation import (
     mcq_prompt_messages,
 )
 from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT
+from script.training_utils import add_pickle_weights_flag
 
 logger = logging.getLogger("eval_crosscheck")
 
@@ -86,6 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=LOG_DIR / "eval_crosscheck",
                         help="data, task yamls and results (default %(default)s)")
+    add_pickle_weights_flag(parser)
     return parser.parse_args(argv)
 
 
@@ -340,7 +342,7 @@ def crosscheck(args: argparse.Namespace) -> int:
     tasks = {template_name: write_task_yaml(template, tasks_dir, data_file, out_dir / "datasets_cache")
              for template_name, template in (("letter", LETTER_TASK_YAML), ("generate", GENERATE_TASK_YAML))}
 
-    loaded = load_model_for_eval(args.model, device=args.device)
+    loaded = load_model_for_eval(args.model, device=args.device, allow_pickle_weights=args.allow_pickle_weights)
     model_args = harness_model_args(loaded.info)
     result: dict[str, Any] = {"crosscheck": "lm-evaluation-harness vs our KorMedMCQA scoring, item by item",
                               "lm_eval_version": lm_eval.__version__, "model": loaded.info["name"],

@@ -79,6 +79,7 @@ from script.training_config import (
     get_model_config,
     stage_output_dir,
 )
+from script.training_utils import add_pickle_weights_flag
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,7 @@ class ExtensionError(RuntimeError):
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("model and data")
+    add_pickle_weights_flag(g)
     g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
                    help="registry name: tiny, tiny-mm, medgemma-4b, medgemma-27b (default: $MODEL or %(default)s)")
     g.add_argument("--base-model", default=None,
@@ -862,7 +864,7 @@ def run(args: argparse.Namespace) -> dict:
     base = args.base_model or model_config.path
     if base == model_config.path and model_config.build_command and not Path(base).exists():
         raise ConfigError(f"model dir {base} does not exist; build it with: {model_config.build_command}")
-    ensure_model_available(base)
+    ensure_model_available(base, args.allow_pickle_weights)
     if is_adapter_dir(base):
         raise ConfigError(f"{base} is a LoRA adapter; extend a full model (merge the adapter first)")
     device = resolve_device(args.device)
@@ -909,7 +911,7 @@ def run(args: argparse.Namespace) -> dict:
                 tpc_after, ", ".join(f"{k} ({v['checked']})" for k, v in round_trips.items()))
 
     # ---- model
-    model = load_base_model(base, device, dtype)
+    model = load_base_model(base, device, dtype, allow_pickle_weights=args.allow_pickle_weights)
     probe = probe_texts(old_tokenizer, corpus.held_out, max_length)
     loss_before = causal_lm_loss(model, old_tokenizer, probe, batch)
     reference_ids = old_tokenizer(probe[0])["input_ids"]

@@ -81,6 +81,7 @@ from script.evaluation import (
     select_eval_subset,
 )
 from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
+from script.training_utils import add_pickle_weights_flag
 
 logger = logging.getLogger("validation_kor_med_test")
 
@@ -123,6 +124,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="load the base in 8/4 bit (bitsandbytes) to fit a small card (default none)")
     parser.add_argument("--attn", choices=("eager", "sdpa"), default="eager", help="attention implementation")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    add_pickle_weights_flag(parser)
     args = parser.parse_args(argv)
     if args.mode == "verdict":
         args.prompt = PROMPT_TRAIN02  # the verdicts exist in the train02 format only
@@ -324,7 +326,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     started = time.perf_counter()
     try:
-        loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization, args.attn)
+        loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization, args.attn,
+                                     allow_pickle_weights=args.allow_pickle_weights)
     except (ConfigError, UnknownModelError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

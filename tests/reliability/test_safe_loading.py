@@ -137,7 +137,8 @@ def test_a_pickle_only_adapter_is_refused_unless_allowed(pickle_adapter, tiny_mo
 
 @MARK("safe loading", "flag offered by every loading CLI", "--help")
 @pytest.mark.parametrize("module", ["script.train.train_type1_text", "script.chat", "script.merge_and_export",
-                                    "script.add_lora_adapter"])
+                                    "script.add_lora_adapter", "script.validation_kor_med_test",
+                                    "script.extend_tokenizer", "script.eval_crosscheck"])
 def test_every_loading_cli_documents_the_flag(module, record_property):
     result = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO, capture_output=True, text=True,
                             timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
