@@ -301,4 +301,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from script.cli import run_main
+
+    run_main(main)

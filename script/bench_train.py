@@ -313,4 +313,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from script.cli import run_main
+
+    run_main(main)

@@ -427,4 +427,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script.cli import run_main
+
+    run_main(main)

@@ -248,7 +248,13 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(target)
-    fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-", suffix=".tmp")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-",
+                                        suffix=".tmp")
+    except OSError as exc:
+        if (named := _naming_destination(exc, target)) is not exc:
+            raise named from exc
+        raise
     binary = "b" in mode
     try:
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as handle:
@@ -256,9 +262,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if isinstance(exc, OSError) and (named := _naming_destination(exc, target)) is not exc:
+            raise named from exc
         raise
 
 
@@ -274,7 +282,12 @@ def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -
     target.parent.mkdir(parents=True, exist_ok=True)
     recover_dir(target)
     remove_stale_temps(target)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-"))
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{_temp_marker(target)}{os.getpid()}-"))
+    except OSError as exc:
+        if (named := _naming_destination(exc, target)) is not exc:
+            raise named from exc
+        raise
     try:
         write(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp creates it private
@@ -285,12 +298,41 @@ def atomic_write_dir(target: str | os.PathLike, write: Callable[[Path], None]) -
                 shutil.rmtree(old)
             target.rename(old)
         tmp.rename(target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError) and (named := _naming_destination(exc, target)) is not exc:
+            raise named from exc
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def _naming_destination(exc: OSError, target: Path) -> OSError:
+    """``exc`` naming ``target`` instead of a temp name (or of nothing), so that the error reads
+    "out/train.jsonl: No space left on device", not "[Errno 28] No space left on device".
+
+    A file inside the temp folder of ``atomic_write_dir`` is named at its place inside ``target``;
+    an error about some other file (an input read while writing) is returned unchanged. The class
+    follows the errno (EACCES is still a PermissionError).
+    """
+    if exc.errno is None:
+        return exc
+    ours = [os.path.normpath(os.path.join(os.fspath(target.parent), prefix))
+            for prefix in (_temp_marker(target), f".{target.name}.old-")]
+    names = []
+    for name in (exc.filename, exc.filename2):
+        if name is None:
+            continue
+        name = os.path.normpath(os.fsdecode(name))
+        if name == os.path.normpath(target):
+            names.append(os.fspath(target))
+        elif any(name.startswith(prefix) for prefix in ours):
+            inside = name[len(ours[0]):].partition(os.sep)[2] if name.startswith(ours[0]) else ""
+            names.append(os.path.join(os.fspath(target), inside) if inside else os.fspath(target))
+        else:
+            return exc  # about a file of its own
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), names[0] if names else os.fspath(target))
 
 
 def recover_dir(target: str | os.PathLike) -> bool:

@@ -381,4 +381,6 @@ def crosscheck(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script.cli import run_main
+
+    run_main(main)

@@ -361,4 +361,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from script.cli import run_main
+
+    run_main(main)

@@ -364,6 +364,34 @@ def test_organize_is_rerunnable_and_drops_stale_folders(tmp_path, capsys):
     assert organize_by_division.main(args) == 1
 
 
+def files_under(folder: Path) -> list[str]:
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+
+
+@pytest.mark.parametrize("division", ["../../x", "/tmp/organize-escape", "1/../../x"])
+def test_organize_never_writes_outside_the_output_folder(tmp_path, capsys, monkeypatch, division):
+    """A division id from a data file becomes a folder name: one that leads outside --output is a
+    ``path:line`` error (the record's id is not in the taxonomy), and, should the taxonomy ever map
+    a record to such a name, organize stops with exit 2 before writing anything."""
+    source = tmp_path / "work" / "division_added"
+    train = source / "type1_text" / "train.jsonl"
+    atomic_write_jsonl(train, [annotated(f"c{i}", "1.4.1") for i in range(3)] + [annotated("escape", division)])
+    before = files_under(tmp_path)
+    args = ["--source", str(source), "--min-samples", "1"]
+    assert organize_by_division.main(args) == 1
+    err = capsys.readouterr().err
+    assert f"error: {train}:4: invalid division fields" in err, err
+    assert files_under(tmp_path) == before and not Path("/tmp/organize-escape").exists()
+
+    atomic_write_jsonl(train, [annotated(f"c{i}", "1.4.1") for i in range(3)])
+    before = files_under(tmp_path)
+    monkeypatch.setattr(dv.Taxonomy, "top", lambda self, division_id: division)
+    assert organize_by_division.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: division id {division!r} is not a safe path under {source}" in err, err
+    assert files_under(tmp_path) == before and not Path("/tmp/organize-escape").exists()
+
+
 # ---------------------------------------------------------------------------
 # Per-division report
 # ---------------------------------------------------------------------------

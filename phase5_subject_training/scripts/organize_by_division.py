@@ -41,7 +41,7 @@ from phase5_subject_training.divisions import (
     load_taxonomy,
 )
 from script import formats
-from script.data_io import DataError, atomic_write_dir, atomic_write_json, iter_jsonl, recover_dir
+from script.data_io import DataError, atomic_write_dir, atomic_write_json, iter_jsonl, recover_dir, safe_child_path
 from script.training_config import HOME
 from script.training_utils import setup_logging
 
@@ -112,11 +112,14 @@ def organize(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 1
 
+    # Folder names come from the data (division ids): each must stay inside --output, checked
+    # before anything is written.
+    targets = {d: safe_child_path(args.output, d, "division id") for d in sorted(set(grouped) | folders)}
     index: dict[str, dict] = {}
     for division in sorted(grouped, key=lambda d: (d == GENERAL, int(d) if d.isdigit() else 0)):
         counts = {f"{s}_samples": len(grouped[division][s]) for s in SPLITS}
         total = sum(counts.values())
-        folder = args.output / division
+        folder = targets[division]
         entry = {**counts, "total_samples": total}
         if total < args.min_samples:
             index[division] = {**entry, "path": None, "skipped": f"fewer than {args.min_samples} samples"}
@@ -137,7 +140,7 @@ def organize(args: argparse.Namespace) -> int:
                           "path": None, "skipped": "no division assigned"}
     # folders of an earlier run whose division no longer qualifies
     for stale in sorted(folders):
-        folder = args.output / stale
+        folder = targets[stale]
         recover_dir(folder)
         if folder.is_dir() and (folder / "metadata.json").is_file() and not (index.get(stale) or {}).get("path"):
             shutil.rmtree(folder)
@@ -158,4 +161,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script.cli import run_main
+
+    run_main(main)

@@ -153,4 +153,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from script.cli import run_main
+
+    run_main(main)
