@@ -22,6 +22,19 @@ The LR schedule is the policy's choice: the loop, whose length is known, uses th
 cosine schedule over all its steps (``--max-steps`` caps them); probe-and-focus and the adaptive
 trainer compare the gains of rounds taken at different times, so they use a constant rate after a
 short warmup (3 % of their first pass over the types), which keeps those gains comparable.
+
+Under ``accelerate launch`` / ``torchrun`` (DDP) every rank trains every round: the records of a
+round are taken for the global batch (batch x grad-accum x processes) and the round's Trainer
+shards them and averages the gradients, so each rank's optimizer and scheduler take the same
+steps. Between rounds every rank letter-scores its share of the questions and the predictions are
+gathered (scoring is then N times faster, and no rank idles at a barrier past the collective
+timeout while another scores 600 questions of a 27B model); the result and, after every round,
+the policy's state (its decisions: next type, stop) are rank 0's, broadcast to all ranks, which
+also check that they trained the same steps on the same data. Only rank 0 writes (checkpoints,
+reports, round state, TensorBoard); the other ranks wait at a barrier before reading what it
+wrote, so the output dir must be on a filesystem every rank sees (one machine, or shared storage).
+FSDP and DeepSpeed launches are refused: one optimizer kept across rounds and scoring on a plain
+model copy need every rank to hold the whole model.
 """
 
 from __future__ import annotations
@@ -31,14 +44,12 @@ import gc
 import logging
 import os
 import random
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from script import formats
 from script.data_io import (
-    DataError,
     atomic_save_figure,
     atomic_write_dir,
     atomic_write_json,
@@ -46,8 +57,18 @@ from script.data_io import (
     recover_dir,
     sha256_file,
 )
-from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR, UnknownModelError
-from script.training_utils import ConfigError, RunConfig
+from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR
+from script.training_utils import (
+    ConfigError,
+    RunConfig,
+    all_gather_objects,
+    barrier,
+    broadcast_from_main,
+    global_batch,
+    is_main_process,
+    process_rank,
+    world_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +116,21 @@ def add_round_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     return parser
 
 
-def check_single_process() -> None:
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("multi-round trainers run in one process (they evaluate between rounds on one "
-                          "device); launch them with python, not torchrun/accelerate")
+def check_launch() -> None:
+    """Refuse the multi-process launches that cannot work here; plain DDP (any number of GPUs) can."""
+    sharded = [name for name, env in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+               if os.environ.get(env, "false").lower() == "true"]
+    if sharded:
+        raise ConfigError(f"multi-round trainers do not run under {sharded[0]}: they keep one optimizer across "
+                          "rounds and score the model between rounds, which needs the whole model on every rank; "
+                          "launch with configs/accelerate/ddp.yaml (or torchrun), or a single process")
 
 
 def run_cli(main: Callable[[list[str] | None], Any]) -> None:
-    """Run a trainer's main(); a bad setting or bad input ends with one clear line and exit status 2."""
-    try:
-        main(None)
-    except (ConfigError, DataError, UnknownModelError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Run a trainer's main() through ``script.cli.run_main``: one ``error:`` line and its exit status."""
+    from script.cli import run_main
+
+    run_main(lambda: main(None))
 
 
 # ---------------------------------------------------------------------------
@@ -153,28 +176,47 @@ def percent(fraction: float) -> float:
     return round(100.0 * fraction, 2)
 
 
+def score_items(model, tokenizer, items: Sequence[dict], batch_size: int) -> list[dict]:
+    """Letter-mode predictions of ``items``, in item order. Under a multi-process launch each rank
+    scores every N-th item (rank r: items r, r+N, ...) and every rank gets all the predictions."""
+    from script.evaluation import score_mcq_letter_mode
+
+    items = list(items)
+    world = world_size()
+    if world == 1:
+        return score_mcq_letter_mode(model, tokenizer, items, batch_size)
+    shards = all_gather_objects(score_mcq_letter_mode(model, tokenizer, items[process_rank()::world], batch_size))
+    predictions: list = [None] * len(items)
+    for rank, shard in enumerate(shards):
+        predictions[rank::world] = shard
+    return predictions
+
+
 def make_steering_evaluator(tokenizer, items: Sequence[dict], batch_size: int) -> Evaluator:
-    """``evaluate(model)``: letter-mode accuracy in percent with per-item predictions (for failure tracking)."""
-    from script.evaluation import mcq_accuracy, score_mcq_letter_mode
+    """``evaluate(model)``: letter-mode accuracy in percent with per-item predictions (for failure
+    tracking). Every rank must call it; all get rank 0's result, so all take the same decisions."""
+    from script.evaluation import mcq_accuracy
 
     items = list(items)
 
     def evaluate(model) -> dict:
-        predictions = score_mcq_letter_mode(model, tokenizer, items, batch_size)
+        predictions = score_items(model, tokenizer, items, batch_size)
         summary = mcq_accuracy(items, predictions)
-        return {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"], "total": summary["total"],
-                "chance": percent(summary["chance"]),
-                "predictions": [{"id": p["id"], "gold": p["gold"], "prediction": p["prediction"],
-                                 "correct": p["correct"], "question": item["question"]}
-                                for item, p in zip(items, predictions)]}
+        return broadcast_from_main(
+            {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"], "total": summary["total"],
+             "chance": percent(summary["chance"]),
+             "predictions": [{"id": p["id"], "gold": p["gold"], "prediction": p["prediction"],
+                              "correct": p["correct"], "question": item["question"]}
+                             for item, p in zip(items, predictions)]})
 
     return evaluate
 
 
 def evaluate_report_sets(model, tokenizer, batch_size: int, sets_dir: Path, names: Sequence[str],
                          steer_on: str) -> dict:
-    """Score the test sets once, for the report only. A missing set file is recorded, not an error."""
-    from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set, score_mcq_letter_mode
+    """Score the test sets once, for the report only (every rank scores its share). A missing set
+    file is recorded, not an error."""
+    from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set
 
     results: dict[str, dict] = {}
     for name in names:
@@ -185,7 +227,7 @@ def evaluate_report_sets(model, tokenizer, batch_size: int, sets_dir: Path, name
             results[key] = {"missing": str(path)}
             continue
         evalset = read_eval_set(path)
-        summary = mcq_accuracy(evalset.items, score_mcq_letter_mode(model, tokenizer, evalset.items, batch_size))
+        summary = mcq_accuracy(evalset.items, score_items(model, tokenizer, evalset.items, batch_size))
         results[key] = {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"],
                         "total": summary["total"], "chance": percent(summary["chance"]),
                         "skipped_rows": len(evalset.rejects), "path": str(path), "sha256": sha256_file(path),
@@ -323,6 +365,14 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
+def write_dir_on_main(directory: Path, write: Callable[[Path], None]) -> Path:
+    """``atomic_write_dir`` on rank 0; every rank returns once the directory is there."""
+    if is_main_process():
+        atomic_write_dir(directory, write)
+    barrier()
+    return Path(directory)
+
+
 class RoundTrainer:
     """Rounds of SFT on one in-memory PEFT model with one optimizer and scheduler for the whole run.
 
@@ -341,7 +391,7 @@ class RoundTrainer:
         self.tokenizer = tokenizer
         self.type_records = type_records
         self.total_steps = max(1, total_steps if run.max_steps <= 0 else min(total_steps, run.max_steps))
-        self.records_per_step = run.batch * run.grad_accum
+        self.records_per_step = global_batch(run)  # every rank takes them all; the round's Trainer shards them
         self.schedule = schedule
         self.global_step = 0
         self.rounds: list[dict] = []
@@ -376,6 +426,13 @@ class RoundTrainer:
                 pass_index, position = pass_index + 1, 0
         self.cursors[type_name] = [pass_index, position]
         return taken
+
+    def weights_checksum(self) -> float:
+        """Sum of the trainable weights: equal on every rank of a DDP run, as its replicas are."""
+        import torch
+
+        params = [p.detach().double().sum() for p in self.model.parameters() if p.requires_grad]
+        return float(torch.stack(params).sum()) if params else 0.0
 
     @property
     def steps_left(self) -> int:
@@ -471,13 +528,19 @@ class RoundTrainer:
         return self._writer
 
     def log_scalar(self, tag: str, value: float) -> None:
-        """A run-level value (e.g. steering accuracy) to TensorBoard at the current run step."""
+        """A run-level value (e.g. steering accuracy) to TensorBoard at the current run step (rank 0)."""
+        if not is_main_process():
+            return
         self._tensorboard().add_scalar(tag, value, self.global_step)
         self._writer.flush()
 
     # -- saving and resuming ------------------------------------------------
     def save_adapter(self, directory: Path) -> Path:
-        """Adapter + tokenizer (a loadable model dir, with the adapter chain it was trained on), atomically."""
+        """Adapter + tokenizer (a loadable model dir, with the adapter chain it was trained on), atomically.
+
+        Every rank calls it; rank 0 writes (``self.model`` is the plain PEFT model, never the DDP
+        wrapper of a round) and the others wait until the directory is there.
+        """
         from script.training_utils import write_adapter_chain
 
         def write(tmp: Path) -> None:
@@ -485,7 +548,7 @@ class RoundTrainer:
             self.tokenizer.save_pretrained(tmp)
             write_adapter_chain(tmp, self.run.adapter_parents)
 
-        return atomic_write_dir(directory, write)
+        return write_dir_on_main(directory, write)
 
     def load_adapter_weights(self, directory: Path) -> None:
         """Copy a saved adapter's weights into the in-memory model (same LoRA layout)."""
@@ -504,7 +567,8 @@ class RoundTrainer:
                 "type_sizes": {t: len(r) for t, r in self.type_records.items()}}
 
     def save_round(self, directory: Path, extra: dict | None = None) -> Path:
-        """The commit point of a round: adapter, optimizer.pt, scheduler.pt and state.json, atomically."""
+        """The commit point of a round: adapter, optimizer.pt, scheduler.pt and state.json, atomically.
+        Rank 0 writes; under DDP every rank's optimizer holds the same state, so each resumes from it."""
         import torch
 
         state = {"engine": self.state_dict(), "policy": extra or {}, "rng": _rng_state()}
@@ -516,7 +580,7 @@ class RoundTrainer:
                 torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
             atomic_write_json(tmp / "state.json", state)
 
-        return atomic_write_dir(directory, write)
+        return write_dir_on_main(directory, write)
 
     def load_round(self, directory: Path) -> dict:
         """Restore a ``save_round`` dir; returns the policy's state. The optimizer state is applied when
@@ -530,7 +594,7 @@ class RoundTrainer:
             raise ConfigError(f"{directory}: saved with types/records {engine.get('type_sizes')} and "
                               f"{engine.get('records_per_step')} records per step, this run has {sizes} and "
                               f"{self.records_per_step}; resume with the same --data-dir, --types, --max-samples, "
-                              "--batch-size and --grad-accum (or start afresh without --resume)")
+                              "--batch-size, --grad-accum and number of processes (or start afresh without --resume)")
         if engine["total_steps"] != self.total_steps:
             logger.warning("%s: LR schedule planned over %d steps, now %d (changed limits); the schedule "
                            "continues with the new length", directory, engine["total_steps"], self.total_steps)
@@ -564,7 +628,9 @@ def resume_or_start(run: RunConfig, engine: RoundTrainer, policy) -> bool:
     """With --resume, restore engine and policy from ``<output>/round_state``; else start afresh.
     Returns whether a saved state was restored."""
     state_dir = run.output_dir / STATE_DIR_NAME
-    recover_dir(state_dir)  # a kill between the two renames of a save leaves it aside
+    if is_main_process():
+        recover_dir(state_dir)  # a kill between the two renames of a save leaves it aside
+    barrier()  # every rank reads the repaired dir
     saved = (state_dir / "state.json").is_file()
     if run.resume and saved:
         policy.load_state_dict(engine.load_round(state_dir))
@@ -585,23 +651,54 @@ def drive(engine, policy, evaluate: Evaluator, state_dir: Path | None) -> None:
     """
     while not policy.finished:
         policy.step(engine, evaluate)
+        sync_ranks(engine, policy)
         if state_dir is not None:
             engine.save_round(state_dir, policy.state_dict())
     logger.info("stopped: %s", policy.stop_reason)
+
+
+def sync_ranks(engine, policy) -> None:
+    """Under a multi-process launch, after a step: check that every rank trained the same steps on
+    the same data, then give every rank rank 0's policy state, so that the next type and the stop
+    are rank 0's decisions and never a float that came out differently on another rank."""
+    if world_size() == 1:
+        return
+    trained = all_gather_objects({"global_step": engine.global_step, "cursors": engine.cursors,
+                                  "weights": engine.weights_checksum()})
+    positions = [{k: t[k] for k in ("global_step", "cursors")} for t in trained]
+    if any(p != positions[0] for p in positions[1:]):
+        # Every rank sees the same gathered list, so all stop here together.
+        raise RuntimeError("the ranks trained different rounds (step and data position per rank: "
+                           f"{positions}); their policies diverged")
+    if len({t["weights"] for t in trained}) > 1 and is_main_process():
+        # DDP keeps the replicas identical (same start, averaged gradients); a difference means it did not.
+        logger.warning("the ranks' trainable weights differ after step %d (checksums %s)", engine.global_step,
+                       [t["weights"] for t in trained])
+    state = broadcast_from_main(policy.state_dict())
+    if not is_main_process():
+        policy.load_state_dict(state)
+
+
+def worker_result(engine: RoundTrainer) -> dict:
+    """What a rank other than 0 returns: it trained and scored, rank 0 wrote the outputs."""
+    return {"metrics": {"global_step": engine.global_step}, "rank": process_rank()}
 
 
 def finish(run: RunConfig, engine: RoundTrainer, board: Scoreboard, args: argparse.Namespace) -> dict:
     """``final/`` = the best adapter by steering accuracy; then the report-only test-set scores."""
     from script.training_utils import save_final
 
+    # Every rank loads the best weights (rank 0 wrote them before a barrier): all score the report sets.
     if board.best_dir is not None and (board.best_dir / "adapter_config.json").is_file():
         engine.load_adapter_weights(board.best_dir)
-    final = save_final(engine.model, engine.tokenizer, run.output_dir, parents=run.adapter_parents)
-    logger.info("final adapter (best steering accuracy %.2f%% at step %d) -> %s", board.best["accuracy"],
-                board.best["step"], final)
+    final = None
+    if is_main_process():
+        final = save_final(engine.model, engine.tokenizer, run.output_dir, parents=run.adapter_parents)
+        logger.info("final adapter (best steering accuracy %.2f%% at step %d) -> %s", board.best["accuracy"],
+                    board.best["step"], final)
     test_sets = evaluate_report_sets(engine.model, engine.tokenizer, run.batch, args.sets_dir, args.report_sets,
                                      args.steer_on)
-    return {"final_dir": str(final), "test_sets": test_sets}
+    return {"final_dir": str(final) if final else None, "test_sets": test_sets}
 
 
 def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_policy: Callable[[list, Scoreboard, RunConfig], Any],
@@ -612,10 +709,11 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
 
     The LR is constant after a short warmup, so gains of early and late rounds are measured alike.
     """
-    from script.training_utils import start_run
+    from script.training_utils import init_distributed, start_run
 
-    check_single_process()
+    check_launch()
     run = start_run(args, stage=stage, script=script)
+    init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
     items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
     board = Scoreboard(args.target_accuracy, run.output_dir / BEST_DIR_NAME)
@@ -626,7 +724,10 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
     drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch), run.output_dir / STATE_DIR_NAME)
 
     outcome = finish(run, engine, board, args)
-    report = {**policy.report(), "total_steps": engine.global_step, "rounds": engine.rounds,
+    if not is_main_process():
+        return worker_result(engine)
+    report = {**policy.report(), "total_steps": engine.global_step, "world_size": world_size(),
+              "global_batch": engine.records_per_step, "rounds": engine.rounds,
               "steering": steering_summary(steering, board), "test_sets": outcome["test_sets"],
               "final_dir": outcome["final_dir"], "parameters": {k: getattr(args, k) for k in parameters}}
     atomic_write_json(run.output_dir / "final_report.json", report)

@@ -274,6 +274,84 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
 
 
 # ---------------------------------------------------------------------------
+# Multi-process launches (accelerate launch / torchrun); single-process no-ops
+# ---------------------------------------------------------------------------
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_process() -> bool:
+    return process_rank() == 0
+
+
+def global_batch(run: RunConfig) -> int:
+    """Records per optimizer step over all processes: batch x grad-accum x processes."""
+    return run.batch * run.grad_accum * world_size()
+
+
+def init_distributed(run: RunConfig) -> int:
+    """Join the launch's process group now (the Trainer joins it only when it is built), so that
+    work outside a Trainer can use the collectives below. nccl on CUDA, gloo on CPU, with the
+    Trainer's default timeout (the Trainer then reuses this group). Returns the world size."""
+    world = world_size()
+    if world > 1:
+        import torch
+        import torch.distributed as dist
+        from transformers import TrainingArguments
+
+        if not dist.is_initialized():
+            device = torch.device(run.device)
+            if device.type == "cuda":
+                torch.cuda.set_device(device)  # object collectives and barriers use the current device
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                    timeout=_dt.timedelta(seconds=TrainingArguments.ddp_timeout),
+                                    device_id=device if device.type == "cuda" else None)
+    return world
+
+
+def _process_group():
+    """torch.distributed when this process is one of several, else None."""
+    if world_size() == 1:
+        return None
+    import torch.distributed as dist
+
+    if not dist.is_initialized():  # each rank would go its own way
+        raise RuntimeError("multi-process launch but no process group: call init_distributed(run) first")
+    return dist
+
+
+def barrier() -> None:
+    """Wait until every process gets here (e.g. until rank 0 has written what all of them read)."""
+    dist = _process_group()
+    if dist is not None:
+        dist.barrier()
+
+
+def broadcast_from_main(obj: Any) -> Any:
+    """Rank 0's ``obj`` on every process (picklable objects)."""
+    dist = _process_group()
+    if dist is None:
+        return obj
+    box = [obj if is_main_process() else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def all_gather_objects(obj: Any) -> list:
+    """Every process's ``obj``, in rank order, on every process."""
+    dist = _process_group()
+    if dist is None:
+        return [obj]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+# ---------------------------------------------------------------------------
 # Model and tokenizer loading
 # ---------------------------------------------------------------------------
 def is_adapter_dir(path: str | Path) -> bool:
@@ -1595,14 +1673,19 @@ def load_mcq_items(path: Path) -> list[dict]:
     return [dict(item, id=str(item.get("id") or f"{path.stem}:{i}")) for i, item in enumerate(report.records)]
 
 
-def train02_records(items: Sequence[dict], seed: int, detailed_fraction: float = formats.DETAILED_FRACTION
-                    ) -> list[dict]:
+def train02_records(items: Sequence[dict], seed: int, detailed_fraction: float = formats.DETAILED_FRACTION,
+                    answer_text: bool = False) -> list[dict]:
     """train_02 records: each item in the simple or (for a seeded ``detailed_fraction`` of ids) the
-    detailed format of formats.train02_messages."""
+    detailed format of formats.train02_messages; with ``answer_text`` each item also once in its
+    cloze form (the question alone, answered with the right option's text)."""
     records = []
     for item in items:
         detailed = formats.train02_is_detailed(item["id"], seed, detailed_fraction)
         records.append({"id": item["id"], "detailed": detailed, "messages": formats.train02_messages(item, detailed)})
+        if answer_text:
+            gold = formats.mcq_item_options(item)[item["answer"]]
+            records.append({"id": f"{item['id']}#answer_text", "detailed": False, "answer_text": True,
+                            "messages": formats.answer_text_messages(item["question"], gold)})
     return records
 
 
@@ -1792,6 +1875,11 @@ def train_mcq_reasoning(description: str, argv: list[str] | None = None, script:
                              "첫째..넷째 format; the rest get the simple one (default: %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=256,
                         help="generation budget of the evaluations (reasoning + answer) (default: %(default)s)")
+    parser.add_argument("--answer-text", action=argparse.BooleanOptionalAction, default=None,
+                        help="also train each item once in its cloze form, the question alone answered with "
+                             "the right option's text: teaches the answers themselves, which is what a small "
+                             "model's (cloze) accuracy measures (default: on for models whose registry "
+                             "entry scores KorMedMCQA in cloze form, i.e. tiny; off for MedGemma)")
     add_steering_args(parser)
     args = parser.parse_args(argv)
     if not 0 <= args.detailed_fraction <= 1:
@@ -1799,9 +1887,11 @@ def train_mcq_reasoning(description: str, argv: list[str] | None = None, script:
     run = start_run(args, stage=STAGE_02, script=script)
 
     items = select_samples(load_mcq_items(args.data), run.max_samples, run.seed)
-    records = train02_records(items, run.seed, args.detailed_fraction)
+    answer_text = args.answer_text if args.answer_text is not None else run.model_config.mcq_scoring == "cloze"
+    records = train02_records(items, run.seed, args.detailed_fraction, answer_text)
     detailed = sum(r["detailed"] for r in records)
-    logger.info("train_02: %d items, %d in the detailed format", len(records), detailed)
+    logger.info("train_02: %d items, %d in the detailed format%s", len(items), detailed,
+                ", each also in its cloze form" if answer_text else "")
     model, tokenizer = load_model_and_tokenizer(run)
     model = attach_lora(model, run)
 
@@ -1814,7 +1904,8 @@ def train_mcq_reasoning(description: str, argv: list[str] | None = None, script:
     trainer = build_trainer(run, model, tokenizer, to_sft_dataset(records), callbacks=callbacks)
     info = train_and_save(
         run, trainer, tokenizer,
-        extra_info={"train_samples": len(records), "detailed_samples": detailed,
+        extra_info={"train_samples": len(records), "items": len(items), "answer_text_records": answer_text,
+                    "detailed_samples": detailed,
                     "detailed_fraction": args.detailed_fraction, "validation_samples": len(steer),
                     "validation_set": steer_file, "steer_on": args.steer_on, "validation_history": history,
                     "data_files": [describe_data_file(args.data)],

@@ -19,8 +19,12 @@ train), never on a test set; the guide's 604 set and the official test are score
 final adapter, for the report. The learning rate is constant after a short warmup, and
 optimizer state and data positions carry over between rounds (script/round_training.py).
 --epochs and --save-steps are not used: rounds are sized in steps and the state is saved after each.
+Under accelerate launch / torchrun (DDP) every process trains every round (a step is one global
+batch: batch x grad-accum x processes) and scores its share of the steering questions; rank 0's
+decisions hold on all ranks and only rank 0 writes. FSDP and DeepSpeed launches are refused.
 
     python -m script.train.train_adaptive_types --model tiny --round-steps 5 --max-rounds 12
+    torchrun --nproc_per_node 4 -m script.train.train_adaptive_types --model medgemma-4b   # 4 GPUs, DDP
 
 Output: model/adaptive_types/<MODEL>/
     final/ (the best adapter by steering accuracy), final_report.json, failed_questions.json,

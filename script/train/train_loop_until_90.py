@@ -10,6 +10,7 @@ once, on the final adapter, for the report.
     python -m script.train.train_loop_until_90 --model tiny --max-loops 2
     python script/train/train_loop_until_90.py --model medgemma-27b --target 90
     python -m script.train.train_loop_until_90 --model medgemma-4b --resume     # after a kill
+    accelerate launch --config_file configs/accelerate/ddp.yaml -m script.train.train_loop_until_90 --model medgemma-4b
 
 Output: model/loop_training/<MODEL>/
     loop_N/after_typeK/    adapter + tokenizer after each type of loop N (K = the guide's type number)
@@ -23,6 +24,11 @@ Output: model/loop_training/<MODEL>/
 resume state is written (default: once per type per loop). --max-steps caps the whole run; the
 LR schedule (the type trainers' cosine with 3 % warmup) spans all loops. --eval-samples steering
 questions are scored after each loop (default 200, 0 = all).
+
+Under accelerate launch / torchrun (DDP) every process trains every round on its share of the
+global batch (batch x grad-accum x processes, so an epoch takes that many fewer steps) and scores
+its share of the steering questions; rank 0's decisions hold on all ranks and only rank 0 writes.
+FSDP and DeepSpeed launches are refused.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from script.round_training import (
     Scoreboard,
     add_round_options,
     build_engine,
-    check_single_process,
+    check_launch,
     drive,
     finish,
     load_steering_items,
@@ -49,8 +55,16 @@ from script.round_training import (
     run_cli,
     steering_summary,
     training_info,
+    worker_result,
 )
-from script.training_utils import build_arg_parser, start_run
+from script.training_utils import (
+    build_arg_parser,
+    global_batch,
+    init_distributed,
+    is_main_process,
+    start_run,
+    world_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -134,12 +148,13 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     if args.max_loops < 1 or args.epochs <= 0:
         parser.error("--max-loops must be >= 1 and --epochs > 0")
-    check_single_process()
+    check_launch()
     run = start_run(args, stage=STAGE, script="train_loop_until_90")
+    init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
     items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
 
-    per_step = run.batch * run.grad_accum
+    per_step = global_batch(run)  # an epoch is shared by all processes of a multi-process launch
     steps = {t: max(1, math.ceil(run.epochs * len(r) / per_step)) for t, r in type_records.items()}
     board = Scoreboard(args.target, run.output_dir / BEST_DIR_NAME)
     policy = LoopPolicy(steps, args.max_loops, board, run.output_dir, chunk_steps=run.save_steps or 0)
@@ -149,11 +164,14 @@ def main(argv: list[str] | None = None) -> dict:
           run.output_dir / STATE_DIR_NAME)
 
     outcome = finish(run, engine, board, args)
+    if not is_main_process():
+        return worker_result(engine)
     report = {
         "target": args.target, "max_loops": args.max_loops, "target_reached": board.reached,
         "stopped_at_loop": policy.loops_done, "stop_reason": policy.stop_reason,
         "best_loop": board.best["loop"], "best_accuracy": board.best["accuracy"],
         "initial_accuracy": board.initial, "steps_per_type_per_loop": steps, "global_step": engine.global_step,
+        "world_size": world_size(), "global_batch": per_step,
         "steering": steering_summary(steering, board), "history": board.history, "rounds": engine.rounds,
         "persistent_failures": board.failures.top(), "test_sets": outcome["test_sets"], "final_dir": outcome["final_dir"],
     }

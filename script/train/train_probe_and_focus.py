@@ -18,9 +18,13 @@ position carry over from round to round (script/round_training.py); the learning
 after a short warmup, so improvements measured early and late are comparable. --resume continues
 after a kill from the last finished round. --epochs and --save-steps are not used: rounds are
 sized in steps and the state is saved after each.
+Under accelerate launch / torchrun (DDP) every process trains every round (a step is one global
+batch: batch x grad-accum x processes) and scores its share of the steering questions; rank 0's
+decisions hold on all ranks and only rank 0 writes. FSDP and DeepSpeed launches are refused.
 
     python -m script.train.train_probe_and_focus --model tiny --probe-steps 5 --focus-steps 5
     bash script/run_probe_focus.sh --model medgemma-27b --target-accuracy 90 --device cuda:0
+    torchrun --nproc_per_node 4 -m script.train.train_probe_and_focus --model medgemma-4b   # 4 GPUs, DDP
 
 Output: model/probe_focus_training/<MODEL>/
     final/                 the adapter with the best steering accuracy
