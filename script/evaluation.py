@@ -3,6 +3,7 @@
 What lives here (each a tested function; the command lines are thin wrappers around them):
 
 * ``completion_perplexity``  token-weighted perplexity of the assistant turn (types 1/2, target < 3.0);
+* ``score_mcq_cloze_mode``   MCQ answers as the most likely option text after the question alone (cloze);
 * ``score_mcq_letter_mode``  MCQ answers from the option-letter logits at the answer position: one
   forward pass per left-padded batch, no generation, argmax over the item's own options;
 * ``generate_mcq_answers``   batched greedy generation in one of the prompt styles (``PROMPT_STYLES``)
@@ -282,6 +283,66 @@ def score_mcq_letter_mode(model, tokenizer, items: Sequence[dict], batch_size: i
     finally:
         model.train(was_training)
     return results  # type: ignore[return-value]
+
+
+def score_mcq_cloze_mode(model, tokenizer, items: Sequence[dict], batch_size: int = 16,
+                         progress: bool = False) -> list[dict]:
+    """Predict each item's answer as the option text the model finds most likely (cloze form).
+
+    The question alone is the user turn (formats.answer_text_messages, options not shown) and each
+    option's text is scored as the model's answer: the summed log-probability of the completion
+    tokens, the same positions a training loss covers. This is the "cloze" formulation
+    lm-evaluation-harness uses for ``multiple_choice`` tasks (its ``acc``). Models of a few
+    billion parameters and below score near chance when they must answer with an option letter
+    (binding a letter to its option is a skill that appears with scale), yet show their knowledge
+    in this form; so it is the measure for the embedded tiny model, reported beside letter mode.
+    ``letter_logprobs`` are the option scores normalised over the item's options.
+    """
+    import torch
+
+    if not items:
+        return []
+    device = next(model.parameters()).device
+    sequences: list[tuple[int, str, list[int], int]] = []  # (item index, letter, ids, completion start)
+    for i, item in enumerate(items):
+        for letter in item_letters(item):
+            messages = formats.answer_text_messages(item["question"], item["options"][letter])
+            ids, start = tokenize_for_completion(tokenizer, messages, max_length=10**9)
+            sequences.append((i, letter, ids, start))
+    order = sorted(range(len(sequences)), key=lambda k: len(sequences[k][2]))
+    scores: list[dict[str, float]] = [{} for _ in items]
+    pad = tokenizer.pad_token_id
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in _batches(order, batch_size, progress, "cloze"):
+            batch = [sequences[k] for k in order[begin: begin + batch_size]]
+            width = max(len(ids) for _, _, ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (_, _, ids, _) in enumerate(batch):  # right padding: real tokens keep positions 0..n-1
+                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+                attention[row, : len(ids)] = 1
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               use_cache=False).logits.float()
+            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+            targets = input_ids[:, 1:].to(device)
+            token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+            for row, (i, letter, ids, start) in enumerate(batch):
+                scores[i][letter] = float(token_logprobs[row, start - 1: len(ids) - 1].sum())
+    finally:
+        model.train(was_training)
+    results = []
+    for item, option_scores in zip(items, scores):
+        letters = list(option_scores)
+        normalised = torch.log_softmax(torch.tensor([option_scores[x] for x in letters]), dim=-1).tolist()
+        prediction = max(letters, key=lambda x: option_scores[x])
+        results.append({"id": item.get("id"), "prediction": prediction, "gold": item["answer"],
+                        "correct": prediction == item["answer"],
+                        "letter_logprobs": dict(zip(letters, (round(x, 5) for x in normalised))),
+                        "option_logprobs": {x: round(option_scores[x], 4) for x in letters}})
+    return results
 
 
 def verdict_token_ids(tokenizer, head: str) -> tuple[int, int]:

@@ -252,7 +252,7 @@ def _evaluation_md(section: dict, plot: str | None) -> list[str]:
     if plot:
         lines += [f"![per-subject accuracy]({plot})", ""]
     if section["other_reports"]:
-        lines += ["Other evaluations of this model (logs/eval/):", ""]
+        lines += ["Other evaluations of this model (the pipeline's cloze form, logs/eval/):", ""]
         lines += _table(("file", "set", "scoring", "model", "accuracy", "chance", "p vs chance"),
                         [(Path(r["file"]).name, r["set"], r["scoring"], r["model"],
                           f"{_pct(r['accuracy'])} ({r['correct']}/{r['total']})", _pct(r["chance"]),

@@ -124,6 +124,15 @@ def dictionary_messages(term: str, definition: str | None = None) -> list[dict]:
     return build_messages(None, DICTIONARY_PROMPT.format(term=term), definition)
 
 
+def answer_text_messages(question: str, answer: str | None = None) -> list[dict]:
+    """A question answered with the text of its right option, no options shown (no system prompt).
+
+    The cloze form of an MCQ: train_02 can add one such record per item (``--answer-text``) and
+    evaluation's cloze mode scores every option as this completion.
+    """
+    return build_messages(None, question.strip(), answer)
+
+
 MCQ_REASONING_INSTRUCTION = "Reasoning 후 정답 알파벳 하나만 답하세요."
 REASONING_ORDINALS = ("첫째", "둘째", "셋째", "넷째")
 

@@ -4,8 +4,9 @@ and reduced to plain numbers, one section each (``gather``).
 Sections and where they come from (``<logs>`` = logs/, ``<models>`` = model/, ``M`` = the model name):
 
 * ``kormedmcqa``  <logs>/kormedmcqa_M_base.json and _final.json (run_full_pipeline.sh, the guide's 604
-                  set in letter mode after the model's own reasoning), plus any other report of M under
-                  <logs>/eval/ (validation_kor_med_test.py's default place);
+                  set in letter mode after the model's own reasoning), plus the pipeline's cloze-form
+                  reports of a cloze-scored model (<logs>/kormedmcqa_M_{base,final}_cloze.json) and any
+                  other report of M under <logs>/eval/ (validation_kor_med_test.py's default place);
 * ``kmmlu``       <logs>/kmmlu_M_base.json and _final.json (``evaluation_report --run-evals`` writes them
                   with the pipeline's arguments), plus KMMLU reports of M under <logs>/eval/;
 * ``training``    <models>/<stage>/M/training_info.json of the pipeline stages and the type trainers:
@@ -225,9 +226,11 @@ def gather_evaluation(src: Sources, dataset: str) -> dict:
 
 
 def other_reports(src: Sources, dataset: str, skip: set[Path]) -> list[dict]:
-    """Reports of the model in <logs>/eval/ (validation_kor_med_test.py's default output dir)."""
+    """Reports of the model in <logs>/eval/ (validation_kor_med_test.py's default output dir) and the
+    pipeline's other scorings of it (<logs>/kormedmcqa_M_{base,final}_cloze.json for cloze-scored models)."""
     rows = []
-    for path in sorted((src.logs_dir / "eval").glob("*.json")):
+    candidates = sorted(src.logs_dir.glob(f"{dataset}_{src.model}_*.json")) + sorted((src.logs_dir / "eval").glob("*.json"))
+    for path in candidates:
         report, _ = read_source(path)
         if (path.resolve() in skip or not isinstance(report, dict)
                 or not all(k in report for k in ("accuracy", "correct", "total", "chance"))):

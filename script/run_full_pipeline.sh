@@ -148,7 +148,7 @@ case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASET
 # run used 1 / 3 / 5 on MedGemma; the embedded tiny model needs more passes over the small sample
 # data and still finishes the whole pipeline within a few minutes on a 2-core CPU.
 case "$MODEL" in
-  tiny|tiny-*) default_00=2; default_01=2; default_02=2 ;;
+  tiny|tiny-*) default_00=2; default_01=2; default_02=3 ;;
   *) default_00=1; default_01=3; default_02=5 ;;
 esac
 EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$default_00}}"
@@ -190,8 +190,16 @@ common="--model $MODEL --resume"
 eval_args="--split guide604 --mode letter --prompt train02 --batch-size 32"
 train02_args=""  # the simple reasoning of tiny's options fits in ~80 tokens; MedGemma keeps the defaults
 case "$MODEL" in tiny|tiny-*) eval_args+=" --max-new-tokens 96"; train02_args=" --max-new-tokens 96" ;; esac
+# Models whose registry entry scores KorMedMCQA in cloze form (the embedded tiny model: letter form
+# stays at chance at its size) are also measured that way, base and final, with a summary of its own;
+# their train_02 adds cloze-form records by default and their second adapter trains the embeddings.
+MCQ_SCORING=$($PYTHON -c "from script.training_config import get_model_config as g; print(g('$MODEL').mcq_scoring)" 2>/dev/null || echo letter)
+cloze_args="--split guide604 --mode cloze --batch-size 32"
+adapter_01_args=""
+[ "$MCQ_SCORING" = cloze ] && adapter_01_args=" --train-embeddings"
 if [ "$DATA_ONLY" = 0 ]; then
   add_stage script/validation_kor_med_test.py "evaluate_base|$PYTHON -m script.validation_kor_med_test --model $MODEL $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json"
+  [ "$MCQ_SCORING" = cloze ] && add_stage script/validation_kor_med_test.py "evaluate_base_cloze|$PYTHON -m script.validation_kor_med_test --model $MODEL $cloze_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_base_cloze.json"
   first_base=""
   if [ "$SKIP_00" = 0 ]; then
     add_stage script/add_lora_adapter.py "add_lora_adapter_00|$PYTHON -m script.add_lora_adapter $common --train-embeddings --rslora"
@@ -199,10 +207,12 @@ if [ "$DATA_ONLY" = 0 ]; then
     first_base="--base-model $M/00_trained/$MODEL/final"
   fi
   add_stage script/train/train_01_with_00_monitor.py "train_01|$TRAIN script.train.train_01_with_00_monitor $common --epochs $EPOCHS_01 $first_base"
-  add_stage script/add_lora_adapter.py "add_lora_adapter_01|$PYTHON -m script.add_lora_adapter $common --on $M/01_trained/$MODEL/final"
+  add_stage script/add_lora_adapter.py "add_lora_adapter_01|$PYTHON -m script.add_lora_adapter $common$adapter_01_args --on $M/01_trained/$MODEL/final"
   add_stage script/train/train_02_kor_med_test.py "train_02|$TRAIN script.train.train_02_kor_med_test $common$train02_args --epochs $EPOCHS_02 --base-model $M/01_another_lora_added/$MODEL"
   add_stage script/train/train_02_kor_med_test.py "evaluate_final|$PYTHON -m script.validation_kor_med_test --model $M/02_trained/$MODEL/final $eval_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json"
+  [ "$MCQ_SCORING" = cloze ] && add_stage script/train/train_02_kor_med_test.py "evaluate_final_cloze|$PYTHON -m script.validation_kor_med_test --model $M/02_trained/$MODEL/final $cloze_args --output $HOME_DIR/logs/kormedmcqa_${MODEL}_final_cloze.json"
   [ -e "$ROOT/script/train/train_02_kor_med_test.py" ] && add_stage script/evaluation_report.py "summary|$PYTHON -m script.evaluation_report --compare $HOME_DIR/logs/kormedmcqa_${MODEL}_base.json $HOME_DIR/logs/kormedmcqa_${MODEL}_final.json --names base final --output $HOME_DIR/logs/kormedmcqa_${MODEL}_summary.md"
+  [ "$MCQ_SCORING" = cloze ] && [ -e "$ROOT/script/train/train_02_kor_med_test.py" ] && add_stage script/evaluation_report.py "summary_cloze|$PYTHON -m script.evaluation_report --compare $HOME_DIR/logs/kormedmcqa_${MODEL}_base_cloze.json $HOME_DIR/logs/kormedmcqa_${MODEL}_final_cloze.json --names base final --output $HOME_DIR/logs/kormedmcqa_${MODEL}_summary_cloze.md"
 fi
 
 stage_done() {  # finished = its output exists (and, for evaluations, is newer than what it measured)
@@ -214,6 +224,9 @@ stage_done() {  # finished = its output exists (and, for evaluations, is newer t
                          && [ "$M/01_another_lora_added/$MODEL/adapter_config.json" -nt "$M/01_trained/$MODEL/training_info.json" ] ;;
     train_02) [ -f "$M/02_trained/$MODEL/training_info.json" ] ;;
     evaluate_base) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_base.json" ] ;;
+    evaluate_base_cloze) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_base_cloze.json" ] ;;
+    evaluate_final_cloze) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_final_cloze.json" ] \
+                          && [ "$HOME_DIR/logs/kormedmcqa_${MODEL}_final_cloze.json" -nt "$M/02_trained/$MODEL/training_info.json" ] ;;
     evaluate_final) [ -f "$HOME_DIR/logs/kormedmcqa_${MODEL}_final.json" ] \
                     && [ "$HOME_DIR/logs/kormedmcqa_${MODEL}_final.json" -nt "$M/02_trained/$MODEL/training_info.json" ] ;;
     *) return 1 ;;  # data stages and the summary always rerun (fast, idempotent)

@@ -58,6 +58,11 @@ class ModelConfig:
     max_length: int  # tokens per training sequence
     lora_dropout: float = 0.05
     build_command: str = ""  # how to create `path` locally when it is missing (embedded models)
+    # How the pipeline reads the model's KorMedMCQA accuracy besides letter mode: "letter" only, or
+    # also "cloze" (option texts scored as answers; evaluation.score_mcq_cloze_mode). Models far
+    # below a billion parameters stay at chance in letter form whatever they know, so the embedded
+    # tiny model is judged in cloze form, and its train_02 adds cloze-form records (--answer-text).
+    mcq_scoring: str = "letter"
 
     def __post_init__(self) -> None:
         if self.lora_r <= 0 or self.lora_alpha <= 0:
@@ -66,6 +71,8 @@ class ModelConfig:
             raise ValueError(f"{self.name}: batch, grad_accum and max_length must be positive")
         if not 0 < self.lr < 1:
             raise ValueError(f"{self.name}: lr {self.lr} is not a learning rate")
+        if self.mcq_scoring not in ("letter", "cloze"):
+            raise ValueError(f"{self.name}: mcq_scoring {self.mcq_scoring!r}: expected letter or cloze")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -100,6 +107,7 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         max_length=256,
         lora_dropout=0.0,
         build_command="python -m script.make_tiny_model",
+        mcq_scoring="cloze",
     ),
     "medgemma-4b": ModelConfig(
         name="medgemma-4b",

@@ -35,6 +35,10 @@ How it is scored (``--mode``):
   option, every verdict "오답"), and the option whose verdict position gives the highest
   log-odds of "정답" over "오답" is the answer: one forward pass per item, no copying of the
   option texts needed from the model. A diagnostic of what the per-choice lines learned.
+* ``cloze``: the question alone is the prompt (no options shown) and each option's text is scored
+  as the answer; the most likely option wins (lm-evaluation-harness's ``acc`` of its
+  multiple_choice tasks). The measure for small models, which stay near chance when they must
+  answer with a letter: the pipeline reports it beside letter mode for the embedded tiny model.
 * ``generate``: batched greedy generation, stopped at <end_of_turn>/<eos> or ``--max-new-tokens``,
   in the ``--prompt`` style: ``type3`` (letter only), ``type4`` (``<R>…<R/>`` then the answer),
   ``train02`` (``<reasoning>…</reasoning>`` then the letter) or ``lm_eval`` (the harness's
@@ -63,6 +67,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from script import formats
 from script.data_io import DataError, atomic_open, atomic_write_json
 from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -86,7 +91,8 @@ from script.training_utils import add_pickle_weights_flag
 logger = logging.getLogger("validation_kor_med_test")
 
 SPLITS = ("guide604", "test", "official", "steer", "dev", "all")
-MODES = ("letter", "generate", "verdict")
+MODES = ("letter", "generate", "verdict", "cloze")
+CLOZE_PROMPT = "answer_text"  # formats.answer_text_messages: the question alone, the option text as answer
 REPORT_VERSION = 1
 
 
@@ -108,7 +114,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-dir", type=Path, default=None,
                         help="local hub mirror root (e.g. data/sample) for --split dev and --kmmlu")
     parser.add_argument("--mode", choices=MODES, default="letter",
-                        help="letter logits, generation, or train02's per-option verdicts (default letter)")
+                        help="letter logits, generation, train02's per-option verdicts, or cloze (option "
+                             "texts scored as answers to the question alone) (default letter)")
     parser.add_argument("--prompt", choices=PROMPT_STYLES, default=PROMPT_TYPE3,
                         help="prompt style (default type3); letter mode takes type3, train02 "
                              "(letter read after the model's own reasoning) or lm_eval")
@@ -128,6 +135,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.mode == "verdict":
         args.prompt = PROMPT_TRAIN02  # the verdicts exist in the train02 format only
+    if args.mode == "cloze":
+        args.prompt = CLOZE_PROMPT  # the question alone; --prompt does not apply
     if args.mode == "letter" and args.prompt == PROMPT_TYPE4:
         parser.error("--prompt type4 answers with a word, not a letter: use --mode generate")
     if args.kmmlu and args.split is not None:
@@ -288,8 +297,15 @@ def plot_report(report: dict, path: Path) -> Path:
 # Main
 # ---------------------------------------------------------------------------
 def score(args: argparse.Namespace, loaded, items: list[dict]) -> list[dict]:
-    from script.evaluation import generate_mcq_answers, score_mcq_letter_mode, score_mcq_verdicts
+    from script.evaluation import (
+        generate_mcq_answers,
+        score_mcq_cloze_mode,
+        score_mcq_letter_mode,
+        score_mcq_verdicts,
+    )
 
+    if args.mode == "cloze":
+        return score_mcq_cloze_mode(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
     if args.mode == "verdict":
         return score_mcq_verdicts(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
     if args.mode == "letter":
@@ -333,7 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     load_seconds = time.perf_counter() - started
     style = args.prompt
-    example = render_mcq_prompt(loaded.tokenizer, items[0], style)  # exactly what the model is shown
+    if args.mode == "cloze":
+        example = formats.render_prompt(loaded.tokenizer, formats.answer_text_messages(items[0]["question"]))
+    else:
+        example = render_mcq_prompt(loaded.tokenizer, items[0], style)  # exactly what the model is shown
     logger.info("%s: %d items (%d skipped), %s mode%s, model %s", evalset.name, len(items), len(evalset.rejects),
                 args.mode, f" ({args.prompt})", loaded.info["name"])
     started = time.perf_counter()
@@ -363,4 +382,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from script.cli import run_main
+
+    run_main(main)

@@ -29,6 +29,15 @@ def test_registry_matches_the_guide():
     assert set(MEMORY_CONFIGS) == set(MODEL_CONFIGS)
 
 
+def test_mcq_scoring_is_cloze_for_the_embedded_model_only():
+    import dataclasses
+
+    assert get_model_config("tiny").mcq_scoring == get_model_config("tiny-mm").mcq_scoring == "cloze"
+    assert get_model_config("medgemma-4b").mcq_scoring == get_model_config("medgemma-27b").mcq_scoring == "letter"
+    with pytest.raises(ValueError, match="mcq_scoring"):
+        dataclasses.replace(get_model_config("tiny"), mcq_scoring="verdict")
+
+
 def test_unknown_model_lists_valid_names():
     with pytest.raises(UnknownModelError) as err:
         get_model_config("medgemma-7b")

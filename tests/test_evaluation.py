@@ -134,6 +134,51 @@ def test_batched_letter_mode_equals_batch_size_one(loaded, sample_items):
             assert a["letter_logprobs"][letter] == pytest.approx(b["letter_logprobs"][letter], abs=2e-4)
 
 
+def test_cloze_mode_scores_each_option_as_the_answer_to_the_question_alone(loaded, sample_items):
+    """Each option's score is the summed log-probability of its answer turn, computed one sequence at
+    a time here; batching (right padding, mixed lengths) does not change it."""
+    tok, model = loaded.tokenizer, loaded.model
+    items = sample_items[:6]
+    batched = ev.score_mcq_cloze_mode(model, tok, items, batch_size=7)  # batches cut across items
+    for item, pred in zip(items, batched):
+        reference = {}
+        for letter, text in item["options"].items():
+            messages = formats.answer_text_messages(item["question"], text)
+            prompt = tok(formats.render_prompt(tok, messages[:-1]), add_special_tokens=False)["input_ids"]
+            full = tok(formats.render_conversation(tok, messages), add_special_tokens=False)["input_ids"]
+            assert text not in formats.render_prompt(tok, messages[:-1])  # options are never shown
+            with torch.no_grad():
+                logprobs = torch.log_softmax(model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+            reference[letter] = sum(float(logprobs[k - 1, full[k]]) for k in range(len(prompt), len(full)))
+        for letter, value in reference.items():
+            assert pred["option_logprobs"][letter] == pytest.approx(value, abs=2e-3)
+        assert pred["prediction"] == max(reference, key=reference.get)
+        assert pred["correct"] == (pred["prediction"] == item["answer"])
+        assert math.fsum(math.exp(v) for v in pred["letter_logprobs"].values()) == pytest.approx(1.0, abs=1e-4)
+    one = ev.score_mcq_cloze_mode(model, tok, items, batch_size=1)
+    assert [p["prediction"] for p in one] == [p["prediction"] for p in batched]
+
+
+def test_cloze_mode_follows_what_training_on_the_answer_text_teaches(tiny_models):
+    """A few steps on one item's cloze-form record make its right option the cloze answer."""
+    loaded = ev.load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
+    model, tok = loaded.model, loaded.tokenizer
+    item = good_item(answer="D")
+    before = ev.score_mcq_cloze_mode(model, tok, [item])[0]["option_logprobs"]["D"]
+    ids, start = ev.tokenize_for_completion(tok, formats.answer_text_messages(item["question"], "기흉"), 10**6)
+    labels = [-100] * start + ids[start:]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(8):
+        loss = model(input_ids=torch.tensor([ids]), labels=torch.tensor([labels])).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    after = ev.score_mcq_cloze_mode(model, tok, [item])[0]
+    assert after["option_logprobs"]["D"] > before
+    assert after["prediction"] == "D" and after["correct"]
+
+
 def test_letter_mode_answers_only_the_items_own_options(loaded):
     item = good_item()
     del item["options"]["E"]

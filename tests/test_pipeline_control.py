@@ -130,3 +130,25 @@ def test_a_pid_file_naming_a_live_process_that_is_not_a_pipeline_is_stale(tmp_pa
     finally:
         other.kill()
         other.wait()
+
+
+def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_path):
+    """tiny's registry entry scores KorMedMCQA in cloze form too: base and final cloze evaluations,
+    their own summary (last), and a second adapter that trains the embeddings; MedGemma gets none."""
+    def stages(model: str) -> dict[str, str]:
+        env = {**os.environ, "MEDGEMMA_KOREAN_HOME": str(tmp_path), "PYTHON": sys.executable}
+        result = subprocess.run(["bash", str(SCRIPT), "--model", model, "--dry-run"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        rows = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("[")]
+        return {row.split(" ", 1)[0]: row.split("): ", 1)[1] for row in rows}
+
+    tiny = stages("tiny")
+    assert list(tiny)[-1] == "summary_cloze"
+    assert "--mode cloze" in tiny["evaluate_base_cloze"] and "--mode cloze" in tiny["evaluate_final_cloze"]
+    assert list(tiny).index("evaluate_final_cloze") > list(tiny).index("train_02")
+    assert "--train-embeddings" in tiny["add_lora_adapter_01"]
+    big = stages("medgemma-4b")
+    assert not [name for name in big if "cloze" in name]
+    assert "--train-embeddings" not in big["add_lora_adapter_01"]
+    assert "--mode letter --prompt train02" in big["evaluate_final"]

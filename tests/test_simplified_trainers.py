@@ -161,6 +161,19 @@ def test_detailed_share_is_seeded_and_per_item():
         [r["id"] for r in records if r["detailed"]][::-1]
 
 
+def test_answer_text_records_pair_each_item_with_its_cloze_form():
+    items = [{"id": f"q{i}", "question": f" 질문 {i}의 진단은? ", "answer": "C", **OPTIONS} for i in range(5)]
+    plain = train02_records(items, seed=42)
+    both = train02_records(items, seed=42, answer_text=True)
+    assert [r for r in both if not r.get("answer_text")] == plain  # the MCQ records are unchanged
+    cloze = [r for r in both if r.get("answer_text")]
+    assert [r["id"] for r in cloze] == [f"q{i}#answer_text" for i in range(5)]
+    for item, record in zip(items, cloze):
+        assert record["messages"] == [{"role": "user", "content": item["question"].strip()},
+                                      {"role": "assistant", "content": OPTIONS["C"]}]
+        assert not record["detailed"]
+
+
 def test_dictionary_records_guide_format_and_rejects(data, tiny_tokenizer):
     records, stats = load_dictionary_records([data["medical"], data["chars"]])
     assert stats[str(data["medical"])] == {"entries": 15, "kept": 12, "rejected": 3}
@@ -277,7 +290,9 @@ def test_train_02_on_a_stacked_adapter_keeps_the_chain(train00, data, steer_set,
         "--max-steps", "2", "--show-samples-every", "2", "--eval-samples", "3", "--max-new-tokens", "12",
         "--detailed-fraction", "0.3", *SHORT])
     assert_run_record(out, info, "train_02_kor_med_test")
-    assert info["train_samples"] == 23  # the line without an answer is rejected
+    assert info["items"] == 23  # the line without an answer is rejected
+    assert info["answer_text_records"] is True  # tiny is scored in cloze form: each item also as a cloze record
+    assert info["train_samples"] == 46
     expected = sum(formats.train02_is_detailed(f"kmq-{i}", 42, 0.3) for i in range(23))
     assert info["detailed_samples"] == expected > 0
     assert [h["step"] for h in info["validation_history"]] == [2]
