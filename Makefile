@@ -38,11 +38,14 @@ pipeline: setup  ## run the pipeline for MODEL (default tiny); BACKGROUND=1 SKIP
 		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02)) \
 		$(if $(LAUNCH),--launch $(LAUNCH)) $(if $(NPROC),--nproc $(NPROC))
 
-loop: setup  ## train types 1-4 in loops until KorMedMCQA (steering set) >= TARGET (default 90)
-	$(PY) -m script.train.train_loop_until_90 --model $(MODEL) $(if $(TARGET),--target $(TARGET)) --resume
+# `python -m`, or accelerate's launcher with configs/accelerate/$(LAUNCH).yaml (and NPROC processes).
+TRAIN_MODULE = $(if $(LAUNCH),$(PY) -m accelerate.commands.launch --config_file configs/accelerate/$(LAUNCH).yaml $(if $(NPROC),--num_processes $(NPROC)) -m,$(PY) -m)
 
-probe-focus: setup  ## probe-and-focus training over the four types (script/run_probe_focus.sh)
-	PYTHON=$(PY) bash script/run_probe_focus.sh --model $(MODEL) --resume
+loop: setup  ## train types 1-4 in loops until KorMedMCQA (steering set) >= TARGET (default 90); LAUNCH=ddp NPROC=N
+	$(TRAIN_MODULE) script.train.train_loop_until_90 --model $(MODEL) $(if $(TARGET),--target $(TARGET)) --resume
+
+probe-focus: setup  ## probe-and-focus training over the four types (script/run_probe_focus.sh); LAUNCH=ddp NPROC=N
+	PYTHON=$(PY) LAUNCH=$(LAUNCH) NPROC=$(NPROC) bash script/run_probe_focus.sh --model $(MODEL) --resume
 
 extend-tokenizer: setup  ## learn Korean tokens from the refined corpus, resize embeddings (model/extended_tokenizer/MODEL)
 	$(PY) -m script.extend_tokenizer --model $(MODEL)

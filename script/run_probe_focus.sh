@@ -37,5 +37,12 @@ LOG_DIR="$HOME_DIR/logs"
 LOG_FILE="$LOG_DIR/probe_focus_${MODEL}.log"
 mkdir -p "$LOG_DIR"
 echo "== probe-and-focus training: $MODEL (log: $LOG_FILE)"
+# Plain python, or accelerate's launcher when LAUNCH names a config of configs/accelerate/ (DDP).
+TRAIN=("$PYTHON" -m)
+if [ -n "${LAUNCH:-}" ]; then
+  launch_config="$ROOT/configs/accelerate/$LAUNCH.yaml"
+  [ -f "$launch_config" ] || { echo "LAUNCH=$LAUNCH: no $launch_config" >&2; exit 2; }
+  TRAIN=("$PYTHON" -m accelerate.commands.launch --config_file "$launch_config" ${NPROC:+--num_processes "$NPROC"} -m)
+fi
 # pipefail: the trainer's exit status, not tee's, is this script's status.
-"$PYTHON" -m script.train.train_probe_and_focus --model "$MODEL" ${args[@]+"${args[@]}"} 2>&1 | tee -a "$LOG_FILE"
+"${TRAIN[@]}" script.train.train_probe_and_focus --model "$MODEL" ${args[@]+"${args[@]}"} 2>&1 | tee -a "$LOG_FILE"
