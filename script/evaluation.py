@@ -15,6 +15,8 @@ What lives here (each a tested function; the command lines are thin wrappers aro
 * ``train02_score``          the train_02 score (answer 2/3 + reasoning format 1/3; 1/4 for a wrong
   answer with a well-formed reasoning) with its format checks;
 * ``make_mcq_eval_fn``       the periodic evaluation hook for ``training_utils.make_periodic_eval_callback``;
+* ``train02_eval_fn``        train_02's periodic evaluation (greedy train02 generations: accuracy + score);
+* ``plain_text_perplexity``  perplexity of plain texts (train_00's validation, the forgetting monitor);
 * item loading: ``read_eval_set`` / ``load_eval_items`` (KorMedMCQA set files, raw or hub splits, any
   JSONL of items) and ``read_kmmlu`` (the chosen KMMLU-medical subset), with bad rows reported
   ``path:line: reason`` and skipped with a count; ``select_eval_subset`` for seeded subsets;
@@ -1549,3 +1551,63 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
             "quantization": quantization, "attn_implementation": attn_implementation,
             "tokenizer": str(tokenizer_dir)}
     return LoadedModel(model_obj, tokenizer, info)
+
+
+# ---------------------------------------------------------------------------
+# Evaluations the trainers run: train_02's generations, plain-text perplexity
+# ---------------------------------------------------------------------------
+def train02_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 8,
+                    max_new_tokens: int | None = None) -> Callable[..., dict]:
+    """``fn(model, step) -> metrics`` of greedy train02-style generations on ``items``: accuracy
+    (percent), and the mean train02 score (answer 2/3 + reasoning format 1/3) of the same outputs."""
+    items = list(items)
+
+    def eval_fn(model, step: int = -1) -> dict:
+        predictions = generate_mcq_answers(model, tokenizer, items, style=PROMPT_TRAIN02, batch_size=batch_size,
+                                           max_new_tokens=max_new_tokens)
+        scores = [train02_score(p["raw_output"], item["answer"], item["options"])
+                  for p, item in zip(predictions, items)]
+        total = len(items)
+        correct = sum(bool(p["correct"]) for p in predictions)
+        return {"accuracy": round(100.0 * correct / total, 2) if total else 0.0, "correct": correct, "total": total,
+                "train02_score": round(sum(map(float, scores)) / total, 4) if total else 0.0,
+                "format_ok": sum(s.format_ok for s in scores), "stopped": sum(bool(p["stopped"]) for p in predictions)}
+
+    return eval_fn
+
+
+def plain_text_perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
+                          max_length: int = 512) -> dict:
+    """Token-weighted perplexity of plain texts (``<bos>`` + text, cut at ``max_length`` tokens):
+    the language-modelling loss of train_00 on held-out text, exp(total NLL / predicted tokens)."""
+    import torch
+
+    device = next(model.parameters()).device
+    encoded = [list(tokenizer(text)["input_ids"])[:max_length] for text in texts]
+    total_nll, total_tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for begin in range(0, len(encoded), batch_size):
+            batch = encoded[begin: begin + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, ids in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                attention[row, : len(ids)] = 1
+            with torch.no_grad():
+                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                               use_cache=False).logits
+            for row, ids in enumerate(batch):  # row by row: fp32 logits of a whole batch can be GBs
+                n = len(ids) - 1
+                if n > 0:
+                    target = input_ids[row, 1: n + 1].to(device)
+                    total_nll += float(torch.nn.functional.cross_entropy(logits[row, :n].float(), target,
+                                                                         reduction="sum"))
+                    total_tokens += n
+    finally:
+        model.train(was_training)
+    mean_nll = total_nll / total_tokens if total_tokens else float("nan")
+    return {"perplexity": math.exp(mean_nll) if total_tokens else float("nan"), "mean_nll": mean_nll,
+            "tokens": total_tokens, "texts": len(texts)}

@@ -31,6 +31,7 @@ from typing import Any
 
 from script import formats
 from script.data_io import atomic_write_dir, atomic_write_json, atomic_write_text, count_lines, sha256_file
+from script.evaluation import plain_text_perplexity, train02_eval_fn
 from script.training_config import (
     DEFAULT_MODEL,
     EMBEDDING_MODULES,
@@ -1362,28 +1363,6 @@ def steering_items(run: RunConfig, steer_on: str = "steer") -> tuple[list[dict],
     return items, str(path)
 
 
-def train02_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 8,
-                    max_new_tokens: int | None = None) -> EvalFn:
-    """``fn(model, step) -> metrics`` of greedy train02-style generations on ``items``: accuracy
-    (percent), and the mean train02 score (answer 2/3 + reasoning format 1/3) of the same outputs."""
-    from script.evaluation import PROMPT_TRAIN02, generate_mcq_answers, train02_score
-
-    items = list(items)
-
-    def eval_fn(model, step: int = -1) -> dict:
-        predictions = generate_mcq_answers(model, tokenizer, items, style=PROMPT_TRAIN02, batch_size=batch_size,
-                                           max_new_tokens=max_new_tokens)
-        scores = [train02_score(p["raw_output"], item["answer"], item["options"])
-                  for p, item in zip(predictions, items)]
-        total = len(items)
-        correct = sum(bool(p["correct"]) for p in predictions)
-        return {"accuracy": round(100.0 * correct / total, 2) if total else 0.0, "correct": correct, "total": total,
-                "train02_score": round(sum(map(float, scores)) / total, 4) if total else 0.0,
-                "format_ok": sum(s.format_ok for s in scores), "stopped": sum(bool(p["stopped"]) for p in predictions)}
-
-    return eval_fn
-
-
 def prefixed(prefix: str, metrics: dict) -> dict:
     return {f"{prefix}{k}": v for k, v in metrics.items()}
 
@@ -1505,45 +1484,6 @@ def plain_text_step_plan(tokenizer, files: Sequence[Path], exclude_ids: set[str]
     return {"records": records, "mean_tokens_per_record": round(mean_tokens, 1), "measured_on": len(lengths),
             "packed_rows_per_epoch": rows, "effective_batch": effective_batch, "steps_per_epoch": steps_per_epoch,
             "max_steps": max(1, math.ceil(steps_per_epoch * run.epochs))}
-
-
-def plain_text_perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
-                          max_length: int = 512) -> dict:
-    """Token-weighted perplexity of plain texts (``<bos>`` + text, cut at ``max_length`` tokens):
-    the language-modelling loss of train_00 on held-out text, exp(total NLL / predicted tokens)."""
-    import math
-
-    import torch
-
-    device = next(model.parameters()).device
-    encoded = [list(tokenizer(text)["input_ids"])[:max_length] for text in texts]
-    total_nll, total_tokens = 0.0, 0
-    was_training = model.training
-    model.eval()
-    try:
-        for begin in range(0, len(encoded), batch_size):
-            batch = encoded[begin: begin + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, ids in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                attention[row, : len(ids)] = 1
-            with torch.no_grad():
-                logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                               use_cache=False).logits
-            for row, ids in enumerate(batch):  # row by row: fp32 logits of a whole batch can be GBs
-                n = len(ids) - 1
-                if n > 0:
-                    target = input_ids[row, 1: n + 1].to(device)
-                    total_nll += float(torch.nn.functional.cross_entropy(logits[row, :n].float(), target,
-                                                                         reduction="sum"))
-                    total_tokens += n
-    finally:
-        model.train(was_training)
-    mean_nll = total_nll / total_tokens if total_tokens else float("nan")
-    return {"perplexity": math.exp(mean_nll) if total_tokens else float("nan"), "mean_nll": mean_nll,
-            "tokens": total_tokens, "texts": len(texts)}
 
 
 def make_plain_text_monitor(tokenizer, texts: Sequence[str], every: int, history: list[dict], batch_size: int,
