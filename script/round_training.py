@@ -76,6 +76,7 @@ STATE_DIR_NAME = "round_state"
 BEST_DIR_NAME = "best_checkpoint"
 STEER_CHOICES = ("steer", "guide604")
 REPORT_SET_CHOICES = ("guide604", "official")
+MCQ_SCORING_CHOICES = ("letter", "cloze")
 GUIDE604_STEERING_WARNING = (
     "steered on the guide's 604 set (--steer-on guide604): the stop rule, best checkpoint and type "
     "choices saw that test set, so its accuracy here is optimistic and is not a held-out result")
@@ -108,6 +109,11 @@ def add_round_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--sets-dir", type=Path, default=KORMEDMCQA_TEST_DIR,
                    help="dir with steer.jsonl, guide604.jsonl, official_test.jsonl "
                         "(python -m script.extract_kormedmcqa_test) (default: %(default)s)")
+    g.add_argument("--mcq-scoring", choices=MCQ_SCORING_CHOICES, default=None,
+                   help="how the steering and report sets are scored: letter (the option letter's logits) or "
+                        "cloze (the option texts as answers to the question alone; evaluation."
+                        "score_mcq_cloze_mode) (default: the model's registry entry: cloze for tiny, letter "
+                        "for MedGemma)")
     g.add_argument("--report-sets", nargs="*", choices=REPORT_SET_CHOICES, default=list(REPORT_SET_CHOICES),
                    help="test sets scored once on the final adapter for the report, never steered on; "
                         "a missing file is recorded as missing (default: guide604 official)")
@@ -176,31 +182,39 @@ def percent(fraction: float) -> float:
     return round(100.0 * fraction, 2)
 
 
-def score_items(model, tokenizer, items: Sequence[dict], batch_size: int) -> list[dict]:
-    """Letter-mode predictions of ``items``, in item order. Under a multi-process launch each rank
-    scores every N-th item (rank r: items r, r+N, ...) and every rank gets all the predictions."""
-    from script.evaluation import score_mcq_letter_mode
+def resolve_mcq_scoring(args: argparse.Namespace, run: RunConfig) -> str:
+    """``--mcq-scoring``, else the model's registry entry (tiny: cloze; MedGemma: letter)."""
+    if getattr(args, "mcq_scoring", None) is None:
+        args.mcq_scoring = run.model_config.mcq_scoring
+    return args.mcq_scoring
 
+
+def score_items(model, tokenizer, items: Sequence[dict], batch_size: int, scoring: str = "letter") -> list[dict]:
+    """Letter- or cloze-mode predictions of ``items``, in item order. Under a multi-process launch each
+    rank scores every N-th item (rank r: items r, r+N, ...) and every rank gets all the predictions."""
+    from script.evaluation import score_mcq_cloze_mode, score_mcq_letter_mode
+
+    scorer = score_mcq_cloze_mode if scoring == "cloze" else score_mcq_letter_mode
     items = list(items)
     world = world_size()
     if world == 1:
-        return score_mcq_letter_mode(model, tokenizer, items, batch_size)
-    shards = all_gather_objects(score_mcq_letter_mode(model, tokenizer, items[process_rank()::world], batch_size))
+        return scorer(model, tokenizer, items, batch_size)
+    shards = all_gather_objects(scorer(model, tokenizer, items[process_rank()::world], batch_size))
     predictions: list = [None] * len(items)
     for rank, shard in enumerate(shards):
         predictions[rank::world] = shard
     return predictions
 
 
-def make_steering_evaluator(tokenizer, items: Sequence[dict], batch_size: int) -> Evaluator:
-    """``evaluate(model)``: letter-mode accuracy in percent with per-item predictions (for failure
-    tracking). Every rank must call it; all get rank 0's result, so all take the same decisions."""
+def make_steering_evaluator(tokenizer, items: Sequence[dict], batch_size: int, scoring: str = "letter") -> Evaluator:
+    """``evaluate(model)``: accuracy in percent (letter or cloze mode) with per-item predictions (for
+    failure tracking). Every rank must call it; all get rank 0's result, so all take the same decisions."""
     from script.evaluation import mcq_accuracy
 
     items = list(items)
 
     def evaluate(model) -> dict:
-        predictions = score_items(model, tokenizer, items, batch_size)
+        predictions = score_items(model, tokenizer, items, batch_size, scoring)
         summary = mcq_accuracy(items, predictions)
         return broadcast_from_main(
             {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"], "total": summary["total"],
@@ -213,7 +227,7 @@ def make_steering_evaluator(tokenizer, items: Sequence[dict], batch_size: int) -
 
 
 def evaluate_report_sets(model, tokenizer, batch_size: int, sets_dir: Path, names: Sequence[str],
-                         steer_on: str) -> dict:
+                         steer_on: str, scoring: str = "letter") -> dict:
     """Score the test sets once, for the report only (every rank scores its share). A missing set
     file is recorded, not an error."""
     from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set
@@ -227,8 +241,8 @@ def evaluate_report_sets(model, tokenizer, batch_size: int, sets_dir: Path, name
             results[key] = {"missing": str(path)}
             continue
         evalset = read_eval_set(path)
-        summary = mcq_accuracy(evalset.items, score_items(model, tokenizer, evalset.items, batch_size))
-        results[key] = {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"],
+        summary = mcq_accuracy(evalset.items, score_items(model, tokenizer, evalset.items, batch_size, scoring))
+        results[key] = {"accuracy": percent(summary["accuracy"]), "correct": summary["correct"], "scoring": scoring,
                         "total": summary["total"], "chance": percent(summary["chance"]),
                         "skipped_rows": len(evalset.rejects), "path": str(path), "sha256": sha256_file(path),
                         "steered_on": name == steer_on}
@@ -697,7 +711,7 @@ def finish(run: RunConfig, engine: RoundTrainer, board: Scoreboard, args: argpar
         logger.info("final adapter (best steering accuracy %.2f%% at step %d) -> %s", board.best["accuracy"],
                     board.best["step"], final)
     test_sets = evaluate_report_sets(engine.model, engine.tokenizer, run.batch, args.sets_dir, args.report_sets,
-                                     args.steer_on)
+                                     args.steer_on, resolve_mcq_scoring(args, run))
     return {"final_dir": str(final) if final else None, "test_sets": test_sets}
 
 
@@ -716,12 +730,14 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
     init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
     items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
+    steering["scoring"] = resolve_mcq_scoring(args, run)
     board = Scoreboard(args.target_accuracy, run.output_dir / BEST_DIR_NAME)
     policy = make_policy(list(type_records), board, run)
     engine = build_engine(run, type_records, policy.planned_steps(),
                           schedule=("constant_with_warmup", len(type_records) * warmup_steps_per_type))
     resumed = resume_or_start(run, engine, policy)
-    drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch), run.output_dir / STATE_DIR_NAME)
+    drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch, steering["scoring"]),
+          run.output_dir / STATE_DIR_NAME)
 
     outcome = finish(run, engine, board, args)
     if not is_main_process():

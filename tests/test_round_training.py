@@ -367,7 +367,9 @@ def test_loop_until_target_stops_at_loop_1_and_writes_final(tiny_models, fixture
     from script.train import train_loop_until_90
 
     out = tmp_path / "loop"
-    info = train_loop_until_90.main(loop_flags(fixture_dirs, out, "--target", "75", "--max-loops", "3"))
+    # type 3 teaches the letter D, so this run is steered in letter form (tiny's default is cloze)
+    info = train_loop_until_90.main(loop_flags(fixture_dirs, out, "--target", "75", "--max-loops", "3",
+                                               "--mcq-scoring", "letter"))
     history = json.loads((out / "loop_history.json").read_text(encoding="utf-8"))
     assert history["initial_accuracy"] < 75 <= history["history"][-1]["accuracy"]  # learned, on the steering set
     assert history["stopped_at_loop"] == 1 and history["target_reached"] and info["target"]["met"]
@@ -380,6 +382,7 @@ def test_loop_until_target_stops_at_loop_1_and_writes_final(tiny_models, fixture
     assert history["test_sets"]["guide604"]["accuracy"] == 0.0 and not history["test_sets"]["guide604"]["steered_on"]
     assert "missing" in history["test_sets"]["official_test"]
     assert history["steering"]["set"] == "steer" and "warning" not in history["steering"]
+    assert history["steering"]["scoring"] == "letter" == history["test_sets"]["guide604"]["scoring"]
     assert info["metrics"]["guide604_accuracy"] == 0.0 and info["types"] == [T1, T3]
 
 
@@ -421,6 +424,8 @@ def test_probe_and_focus_end_to_end_with_guide604_steering_flagged(tiny_models, 
     assert {r["type"] for r in report["recommendations"]} == {T1, T3}
     assert all(r["is_exhausted"] and r["total_steps"] == 2 for r in report["type_results"].values())
     assert "optimistic" in report["steering"]["warning"] and "optimistic" in info["steering"]["warning"]
+    # no --mcq-scoring: tiny's registry entry scores in cloze form, steering and report sets alike
+    assert report["steering"]["scoring"] == "cloze" == report["test_sets"]["guide604"]["scoring"]
     assert report["test_sets"]["guide604"]["steered_on"] and "warning" in report["test_sets"]["guide604"]
     failed = json.loads((out / "failed_questions.json").read_text(encoding="utf-8"))
     assert failed == report["persistent_failures"] and 0 < len(failed) <= 10

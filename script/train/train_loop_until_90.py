@@ -51,6 +51,7 @@ from script.round_training import (
     load_type_records,
     make_steering_evaluator,
     plot_accuracy_curve,
+    resolve_mcq_scoring,
     resume_or_start,
     run_cli,
     steering_summary,
@@ -153,6 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
     items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
+    steering["scoring"] = resolve_mcq_scoring(args, run)
 
     per_step = global_batch(run)  # an epoch is shared by all processes of a multi-process launch
     steps = {t: max(1, math.ceil(run.epochs * len(r) / per_step)) for t, r in type_records.items()}
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> dict:
     policy = LoopPolicy(steps, args.max_loops, board, run.output_dir, chunk_steps=run.save_steps or 0)
     engine = build_engine(run, type_records, policy.planned_steps())
     resumed = resume_or_start(run, engine, policy)
-    drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch),
+    drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch, steering["scoring"]),
           run.output_dir / STATE_DIR_NAME)
 
     outcome = finish(run, engine, board, args)
