@@ -140,6 +140,22 @@ def test_report_has_every_section_its_numbers_and_charts(pipeline, tmp_path, cap
         assert (out / name).read_bytes()[:8] == PNG and f"]({name})" in text
 
 
+def test_the_pipelines_cloze_pair_is_listed_and_headlined(pipeline, tmp_path):
+    """A cloze-scored model's pipeline also writes logs/kormedmcqa_M_{base,final}_cloze.json."""
+    models, logs = pipeline
+    for role, right in (("base", {"q0"}), ("final", {"q0", "q1", "q2", "q4"})):
+        report = fake_report(right, name="tiny", adapters=[str(models / "02_trained/tiny/final")] if role == "final" else [])
+        report.update(mode="cloze", prompt={"style": "answer_text"})
+        write_json(logs / f"kormedmcqa_tiny_{role}_cloze.json", report)
+    out = tmp_path / "report"
+    assert build(models, logs, out) == 0
+    text = (out / "report.md").read_text(encoding="utf-8")
+    assert "| kormedmcqa_tiny_final_cloze.json | guide604 | cloze/answer_text |" in text
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    row = next(h for h in report["headline"] if "cloze form" in h["measure"])
+    assert row["result"] == "40.0% (4/10)" and row["reference"].endswith("; base 10.0%")
+
+
 def test_missing_parts_are_listed_as_not_run_with_their_commands(tmp_path):
     out = tmp_path / "report"
     assert build(tmp_path / "model", tmp_path / "logs", out) == 0
