@@ -327,12 +327,13 @@ def score_mcq_cloze_mode(model, tokenizer, items: Sequence[dict], batch_size: in
                 attention[row, : len(ids)] = 1
             with torch.no_grad():
                 logits = model(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                               use_cache=False).logits.float()
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = input_ids[:, 1:].to(device)
-            token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+                               use_cache=False).logits
             for row, (i, letter, ids, start) in enumerate(batch):
-                scores[i][letter] = float(token_logprobs[row, start - 1: len(ids) - 1].sum())
+                # Only the answer positions, row by row: fp32 log-probs of a whole batch over a
+                # 262k vocabulary would take gigabytes.
+                answer_logprobs = torch.log_softmax(logits[row, start - 1: len(ids) - 1].float(), dim=-1)
+                targets = input_ids[row, start: len(ids)].to(device)
+                scores[i][letter] = float(answer_logprobs.gather(-1, targets.unsqueeze(-1)).sum())
     finally:
         model.train(was_training)
     results = []
