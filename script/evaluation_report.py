@@ -209,9 +209,7 @@ def headline(sections: Mapping[str, dict]) -> list[dict]:
             reference += f"; {comparison['columns'][0]['name']} {_pct(comparison['columns'][0]['accuracy'])}"
         rows.append({"measure": f"{sections[key]['title']}: {last['name']}",
                      "result": f"{_pct(last['accuracy'])} ({last['correct']}/{last['total']})", "reference": reference})
-    # The pipeline's cloze-form pair of a cloze-scored model (logs/kormedmcqa_M_{base,final}_cloze.json).
-    cloze = {Path(r["file"]).stem.removesuffix("_cloze").rsplit("_", 1)[-1]: r
-             for r in sections["kormedmcqa"].get("other_reports") or [] if str(r["file"]).endswith("_cloze.json")}
+    cloze = sections["kormedmcqa"].get("cloze") or {}  # the pipeline's cloze-form pair, when there is one
     if "final" in cloze:
         final = cloze["final"]
         reference = f"chance {_pct(final['chance'])}, p {_p(final['p_vs_chance'])} (vs chance)"

@@ -222,6 +222,10 @@ def gather_evaluation(src: Sources, dataset: str) -> dict:
         section["comparison"]["reports"] = [str(p) for p, _ in reports]
         section["per_division"] = {name: report.get("per_division") or {} for name, (_, report) in zip(names, reports)}
     section["other_reports"] = other_reports(src, dataset, {p.resolve() for p, _ in reports})
+    # The pipeline's cloze-form pair of a cloze-scored model (run_full_pipeline.sh writes them), for the headline.
+    by_file = {row["file"]: row for row in section["other_reports"]}
+    section["cloze"] = {role: by_file[str(src.eval_report(dataset, f"{role}_cloze"))]
+                        for role in EVAL_ROLES if str(src.eval_report(dataset, f"{role}_cloze")) in by_file}
     return settle(section, len(reports), len(EVAL_ROLES))
 
 
