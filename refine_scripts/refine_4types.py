@@ -19,9 +19,10 @@ metadata, config, split); type 4 adds ``answer`` (the short answer). Messages ar
 rendered chat text. ``id`` is a hash of (source, source_id) and the train/validation split a hash
 of the id, so reruns give identical files.
 
-KorMedMCQA dev/test/fewshot items are included here on purpose, tagged ``meta.split``: removing
-evaluation items is the separate exclusion step that runs before training. KMMLU is evaluation
-data and is never refined into training types.
+Evaluation material never becomes a training record: the splits a source declares as evaluation
+splits in script/sources.py (KorMedMCQA dev/test/fewshot of all four configs, MedQA test) and the
+evaluation-only sources (KMMLU) are not read. Training rows that copy or reword an evaluation item
+are removed by the separate exclusion step that runs before training.
 
 Exit status: 0 on success; 1 when a source's rejects exceed --max-reject-percent (the type files
 are then left untouched; rejects.jsonl and refine_stats.json say why); 2 when there is no input.
@@ -350,6 +351,7 @@ class RunStats:
     types: dict[str, Counter] = field(default_factory=lambda: {t: Counter() for t in TRAINING_TYPES})
     inputs: list[str] = field(default_factory=list)
     missing_inputs: list[str] = field(default_factory=list)
+    evaluation_inputs: list[str] = field(default_factory=list)  # evaluation splits: never refined
     rejects: list[Reject] = field(default_factory=list)
 
     def source(self, name: str) -> SourceCounts:
@@ -373,12 +375,17 @@ class NoInput(RuntimeError):
 
 
 def list_inputs(settings: Settings, stats: RunStats) -> list[tuple[Source, str, str, Path]]:
-    """Every raw file of a training source, in registry order; absent ones are noted."""
+    """Every raw file of a training source, in registry order; absent ones are noted. Evaluation
+    splits (the registry's ``evaluation_splits``: KorMedMCQA dev/test/fewshot, MedQA test) are
+    listed apart and never read: evaluation material does not become training data."""
     inputs = []
     for source in sources_feeding(FEED_TYPE1, FEED_REASONING, FEED_MCQ):
         for config, split in source.parts():
             path = raw_path(settings.input, source.name, config, split)
-            if path.is_file():
+            if source.is_evaluation_split(split):
+                if path.is_file():
+                    stats.evaluation_inputs.append(str(path))
+            elif path.is_file():
                 inputs.append((source, config, split, path))
                 stats.inputs.append(str(path))
             else:
@@ -481,6 +488,7 @@ def stats_document(stats: RunStats, settings: Settings) -> dict:
         },
         "inputs": stats.inputs,
         "missing_inputs": stats.missing_inputs,
+        "evaluation_inputs_not_refined": stats.evaluation_inputs,
         "over_reject_limit": over_limit,
     }
 
@@ -500,15 +508,6 @@ def print_summary(document: dict) -> None:
     totals = document["totals"]
     print(f"\nread {totals['read']}, kept {totals['kept']}, duplicates {totals['duplicates']}, "
           f"rejects {totals['rejects']}")
-
-
-def warn_about_evaluation_items(document: dict) -> None:
-    parts = document["sources"].get("kormedmcqa", {}).get("kept_by_part", {})
-    evaluation = sum(n for part, n in parts.items() if not part.endswith("/train"))
-    if evaluation:
-        logger.warning(
-            "%d KorMedMCQA dev/test/fewshot items are in type3_word (meta.split says which); "
-            "run the exclusion step (script/exclude_test_from_training.py) before training", evaluation)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -552,7 +551,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_json(settings.output / STATS_NAME, document)
 
     print_summary(document)
-    warn_about_evaluation_items(document)
+    if stats.evaluation_inputs:
+        print(f"not refined (evaluation splits): {len(stats.evaluation_inputs)} files, e.g. {stats.evaluation_inputs[0]}")
     if not document["passed"]:
         print("\nFAILED: too many rejects (limit --max-reject-percent "
               f"{settings.max_reject_percent:g}); type files left unchanged. See {settings.output / REJECTS_NAME}:",

@@ -9,7 +9,7 @@ format ``{"id", "subject", "question", "A", ..., "E", "answer": letter, "cot"?}`
 
     train.jsonl   the train split of each config in --configs (default all four), MINUS the steer
                   slice and MINUS every item whose question matches an item of the evaluation sets
-                  (guide604, official test, steer) by script.kormedmcqa.EvaluationIndex (exact,
+                  (guide604, official test, steer, other_eval) by script.kormedmcqa.EvaluationIndex (exact,
                   normalised, contained or near), compared with its options and by its stem alone
                   (the way exclude_test_from_training.py reads this file, so that step finds
                   nothing left to remove): exams reuse questions across years, and a reused test
@@ -47,6 +47,7 @@ from script.kormedmcqa import (
     GUIDE604,
     MATCH_METHODS,
     OFFICIAL,
+    SET_NAMES,
     STEER,
     STEER_FRACTION,
     EvaluationIndex,
@@ -118,9 +119,9 @@ def build(source: ItemSource, configs: Sequence[str], test_set: str,
           steer_fraction: float = STEER_FRACTION) -> tuple[dict[str, list[dict]], dict]:
     """(file name -> guide records, stats) for train, test and steer."""
     sets = build_sets(source, steer_fraction)
-    evaluation = dedupe_items(sets[GUIDE604] + sets[OFFICIAL] + sets[STEER])
+    evaluation = dedupe_items(item for name in SET_NAMES for item in sets[name])
     sets_of: dict[str, list[str]] = defaultdict(list)
-    for name in (GUIDE604, OFFICIAL, STEER):
+    for name in SET_NAMES:
         for item in sets[name]:
             sets_of[item["id"]].append(name)
     index = EvaluationIndex(evaluation)

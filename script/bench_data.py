@@ -65,7 +65,6 @@ TAG_SYLLABLES = 16
 
 # The field that carries the question of each MCQ source (type 1 / reasoning sources use their roles).
 _MCQ_QUESTION = {"kormedmcqa": "question", "medqa": "question_ko", "medqa_evol_ko": "input", "kormedlawqa": "question"}
-_EVALUATION_SPLITS = {"kormedmcqa": {"dev", "test", "fewshot"}}
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +119,7 @@ def build_scaled(base_raw: Path, out_raw: Path, feeds: Sequence[str], scale: int
             src = raw_path(base_raw, source.name, config, split)
             if not src.is_file():
                 continue
-            evaluation = split in _EVALUATION_SPLITS.get(source.name, ())
+            evaluation = source.is_evaluation_split(split)
             copies = 1 if evaluation else scale
             written = scale_file(src, raw_path(out_raw, source.name, config, split), tag_column(source), copies)
             counts["evaluation_rows" if evaluation else "scaled_rows"] += written
@@ -253,7 +252,7 @@ def run(scale: int, multiplier: int, raw_dir: Path | None, work: Path) -> dict:
     measured = sum(stages[name]["seconds"] for name in GOAL_STAGES)
     return {
         "scale": scale,
-        "training_records": stages["build_scaled_input"]["records"],
+        "training_records": stages["build_scaled_input"]["scaled_rows"],  # evaluation splits are not refined
         "machine": machine(),
         "timing": "wall clock of `python -m <module>` subprocesses (interpreter start and imports included); "
                   "peak_rss_mb is each child's own ru_maxrss",

@@ -409,6 +409,19 @@ def safe_child_path(root: str | os.PathLike, name: Any, what: str = "name") -> P
     return candidate
 
 
+def load_local_dataset(path: str | os.PathLike, config: str | None = None, **kwargs: Any):
+    """``datasets.load_dataset`` on a local folder (a hub mirror such as data/sample), read afresh.
+
+    The datasets library reuses the Arrow cache it built from a local folder even after the folder's
+    files were rewritten (huggingface/datasets#2956), so a regenerated mirror would be read as it
+    was. ``force_redownload`` rebuilds the cache from the files on every call; local folders are
+    read at disk speed, and download_all_datasets.py reads one only when its fingerprint changed.
+    """
+    import datasets  # heavy import: only when a mirror is read
+
+    return datasets.load_dataset(str(path), config, download_mode=datasets.DownloadMode.FORCE_REDOWNLOAD, **kwargs)
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON document; a syntax error is reported as ``path:line: reason``."""
     with open(path, "rb") as handle:

@@ -23,10 +23,11 @@ when every selected source succeeded (1 otherwise; 2 when the hub cannot be reac
 from __future__ import annotations
 
 import argparse
+import hashlib
 import datetime as dt
 import logging
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
@@ -104,12 +105,30 @@ def load_manifest(output: Path) -> dict:
     return manifest
 
 
+def files_fingerprint(locations: Sequence[Path]) -> str | None:
+    """sha256 over the (path, size, modification time) of every file in ``locations`` (files, or
+    directories walked recursively): a local mirror rewritten since the last run is read again.
+    None when none of them exists."""
+    files = sorted({p for loc in locations for p in ([loc] if loc.is_file() else loc.rglob("*") if loc.is_dir()
+                                                     else []) if p.is_file()})
+    if not files:
+        return None
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def origin_of(source: Source, settings: Settings) -> dict:
-    """What identifies where a part came from; a manifest entry is reused only when this matches."""
+    """What identifies where a part came from; a manifest entry is reused only when this matches.
+    For a local directory that includes a fingerprint of its files, so an edited mirror is re-read."""
     if source.is_local:
-        return {"origin": "dir", "from_dir": str(settings.local_dir.resolve())}
+        files = [settings.local_dir / name for name in (source.local_files or {}).values()]
+        return {"origin": "dir", "from_dir": str(settings.local_dir.resolve()), "fingerprint": files_fingerprint(files)}
     if settings.from_dir is not None:
-        return {"origin": "dir", "from_dir": str(settings.from_dir.resolve())}
+        return {"origin": "dir", "from_dir": str(settings.from_dir.resolve()),
+                "fingerprint": files_fingerprint([settings.from_dir / source.hub_id])}
     return {"origin": "hub", "from_dir": None}
 
 
@@ -179,6 +198,9 @@ def open_hub_part(source: Source, config: str, split: str, settings: Settings) -
         kwargs["name"] = config
     # A row limit streams instead of downloading whole splits (C4/NamuWiki are many gigabytes).
     streaming = settings.max_rows is not None
+    if settings.from_dir is not None and not streaming:
+        # A local mirror is read afresh: datasets would reuse a cache built before it was rewritten.
+        kwargs["download_mode"] = datasets.DownloadMode.FORCE_REDOWNLOAD
     try:
         dataset = datasets.load_dataset(path, streaming=streaming, **kwargs)
     except Exception as exc:

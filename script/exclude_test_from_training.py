@@ -2,18 +2,28 @@
 
 Every ``*.jsonl`` under ``--source`` is copied to the same relative path under ``--output`` without
 the records whose question matches an item of the evaluation sets (by default every ``*.jsonl`` in
-``data/kormedmcqa_test``: all_test, guide604, official_test, steer -- written by
-``extract_kormedmcqa_test.py``). The comparison is on the question stem (and options where both
-sides have them), never on the rendered prompt; see ``script.kormedmcqa.EvaluationIndex`` for the
-rules: ``exact``, ``normalised``, ``contained`` and ``near`` (character 3-gram Jaccard >= 0.8 on
-texts of 30+ normalised characters with equal numbers). Each removal is counted under the first
-rule that fired.
+``data/kormedmcqa_test``: all_test, guide604, official_test, steer, other_eval -- written by
+``extract_kormedmcqa_test.py``; ``--test`` also takes upstream KorMedMCQA rows, e.g. a raw
+``<config>/test.jsonl``). The comparison is on the question stem (and options and the right answer
+where both sides have them), never on the rendered prompt; see ``script.kormedmcqa.EvaluationIndex``
+for the rules: ``exact``, ``normalised``, ``demographics`` (equal once the patient's age and sex are
+masked), ``contained``, ``near`` (character 3-gram Jaccard >= 0.8 on texts of 30+ normalised
+characters with equal numbers, as they are and with age/sex masked) and ``options`` (the same option
+set with the same right answer, for stems of any length). Each removal is counted under the first
+rule that fired. The refined dictionaries (``*.json`` arrays of ``{term, definition}``) are copied
+too, without the entries whose definition holds an evaluation question; train_01 reads them from
+``--output``.
+
+A line of a test file that is no item (bad JSON, no question, ...) is reported as ``path:line:
+reason``, every one of them, and written to ``<test dir>/rejects/exclude_test_rejects.jsonl``; then
+nothing is written and the exit status is 2 (an item that cannot be read cannot be excluded).
 
 Outputs in ``--output``:
 
 * the mirrored ``*.jsonl`` files (other files of the source are listed in the stats, not copied);
 * ``test_exclusion_stats.json``: summary (total = removed + kept), per file, per method, per set,
   the removed record ids and, for each, the file:line, method, matched test id and score;
+* the dictionaries, filtered (above);
 * ``test_exclusion_rejects.ndjson``: lines that are not records (bad JSON, no question text), each
   with its ``path:line: reason``; they are copied nowhere. (``.ndjson`` so that a ``*.jsonl`` glob
   for training files never picks it up.)
@@ -56,7 +66,7 @@ from script.data_io import (
     atomic_write_json,
     count_lines,
     iter_jsonl,
-    require_fields,
+    read_json,
     sha256_file,
     write_rejects,
 )
@@ -67,6 +77,7 @@ from script.kormedmcqa import (
     NGRAM,
     SET_FILES,
     EvaluationIndex,
+    normalise_item,
     record_question,
 )
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, REFINED_DIR
@@ -75,6 +86,7 @@ logger = logging.getLogger("exclude_test_from_training")
 
 STATS_FILE = "test_exclusion_stats.json"
 REJECTS_FILE = "test_exclusion_rejects.ndjson"
+TEST_REJECTS_FILE = Path("rejects") / "exclude_test_rejects.jsonl"  # beside the test files, not a set file
 _SET_NAME_OF_FILE = {file: name for name, file in SET_FILES.items()}
 
 
@@ -90,23 +102,59 @@ def set_name(path: Path) -> str:
     return _SET_NAME_OF_FILE.get(path.name, path.stem)
 
 
+class TestFileRejects(DataError):
+    """Lines of the evaluation set files that are no item; ``rejects`` lists every one."""
+
+    def __init__(self, rejects: list[Reject], rejects_path: Path) -> None:
+        self.rejects, self.rejects_path = rejects, rejects_path
+        super().__init__(f"{len(rejects)} line(s) of the evaluation set files are not items (first: {rejects[0]}; "
+                         f"all in {rejects_path}); an item that cannot be read cannot be excluded, so nothing "
+                         f"was written")
+
+
+def test_item(record: dict, path: Path, line: int) -> dict:
+    """An evaluation item from one line of a test file: an extracted item (``{"id", "question",
+    "options", "answer"}``, what extract_kormedmcqa_test.py writes) or an upstream KorMedMCQA row
+    (``question``, ``A``-``E``, ``answer`` 1-5), which is normalised here; ValueError says why not."""
+    if "id" in record:
+        if "question" not in record:
+            raise ValueError("missing field 'question'")
+        if not isinstance(record["question"], str):
+            raise ValueError(f"field 'question' should be text, found {type(record['question']).__name__}")
+        return record
+    if "question" in record and "A" in record:
+        return normalise_item(record, config=path.parent.name, split=path.stem, row=line - 1)
+    raise ValueError("neither an extracted item (id, question, options, answer) nor an upstream KorMedMCQA row "
+                     f"(question, A-E, answer 1-5); found fields: {', '.join(record) or 'none'}")
+
+
 def load_test_items(paths: Sequence[Path]) -> tuple[list[dict], dict[str, list[str]], dict[str, dict]]:
-    """(unique items, item id -> set names, per-file info). A bad line in a test file is fatal:
-    an item that cannot be read cannot be excluded."""
-    validate = require_fields("id", "question", types={"question": str})
+    """(unique items, item id -> set names, per-file info). Every line that is not an item is
+    reported; if there is one, all of them are written to ``<test dir>/rejects/`` and
+    ``TestFileRejects`` is raised: an item that cannot be read cannot be excluded."""
     items: dict[tuple[str, str], dict] = {}
     sets_of: dict[str, list[str]] = defaultdict(list)
     files: dict[str, dict] = {}
+    rejects: list[Reject] = []
     for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: test set file missing; run `python -m script.extract_kormedmcqa_test`")
         count = 0
-        for _, item in iter_jsonl(path, validate):  # no on_reject: the first bad line raises path:line
+        for line, record in iter_jsonl(path, on_reject=rejects.append):
+            try:
+                item = test_item(record, path, line)
+            except ValueError as exc:
+                rejects.append(Reject(str(path), line, str(exc), json.dumps(record, ensure_ascii=False)[:2000]))
+                continue
             items.setdefault((str(item["id"]), item["question"]), item)
             if set_name(path) not in sets_of[str(item["id"])]:
                 sets_of[str(item["id"])].append(set_name(path))
             count += 1
         files[path.name] = {"path": str(path), "set": set_name(path), "items": count, "sha256": sha256_file(path)}
+    if rejects:
+        rejects_path = Path(paths[0]).parent / TEST_REJECTS_FILE
+        write_rejects(rejects_path, rejects)
+        raise TestFileRejects(rejects, rejects_path)
     return list(items.values()), dict(sets_of), files
 
 
@@ -160,6 +208,43 @@ def filter_file(path: Path, rel: str, out_path: Path, index: EvaluationIndex, re
             "rejected": len(file_rejects), "per_method": {m: counts[m] for m in MATCH_METHODS}}
 
 
+def read_dictionary(path: Path) -> list[dict] | None:
+    """A refined dictionary (a JSON array of ``{"term", "definition"}``, what refine_dictionaries.py
+    writes), or None when the file is anything else (stats, manifests)."""
+    try:
+        entries = read_json(path)
+    except (DataError, OSError, ValueError):
+        return None
+    if isinstance(entries, list) and entries and all(isinstance(e, dict) and "definition" in e for e in entries):
+        return entries
+    return None
+
+
+def filter_dictionary(entries: list[dict], rel: str, out_path: Path, index: EvaluationIndex,
+                      removals: list[dict]) -> dict:
+    """Copy one dictionary without the entries whose definition holds an evaluation question.
+
+    Definitions state facts, which is how held-out knowledge is meant to reach a model; a
+    definition that contains (or is) an exam question is a leak, and goes (``line`` counts entries).
+    """
+    counts: Counter[str] = Counter()
+    kept = []
+    for number, entry in enumerate(entries, start=1):
+        counts["total"] += 1
+        match = index.match(str(entry.get("definition") or ""))
+        if match is None:
+            kept.append(entry)
+            counts["kept"] += 1
+            continue
+        counts["removed"] += 1
+        counts[match.method] += 1
+        removals.append({"file": rel, "line": number, "id": str(entry.get("term", f"{rel}:{number}")),
+                         "method": match.method, "test_id": match.item_id, "score": match.score})
+    atomic_write_json(out_path, kept)
+    return {"total": counts["total"], "removed": counts["removed"], "kept": counts["kept"], "rejected": 0,
+            "kind": "dictionary", "per_method": {m: counts[m] for m in MATCH_METHODS}}
+
+
 def exclude(source: Path, output: Path, test_files: Sequence[Path], threshold: float = NEAR_THRESHOLD,
             min_near_chars: int = MIN_NEAR_CHARS, force: bool = False) -> dict:
     """Mirror ``source`` into ``output`` minus evaluation items; returns (and writes) the stats."""
@@ -174,7 +259,10 @@ def exclude(source: Path, output: Path, test_files: Sequence[Path], threshold: f
     logger.info("%d evaluation items from %d files", len(index), len(test_files))
 
     files = sorted(p for p in source.rglob("*.jsonl") if p.is_file())
-    others = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file() and p.suffix != ".jsonl")
+    dictionaries = {p: entries for p in sorted(source.rglob("*.json")) if p.is_file()
+                    and (entries := read_dictionary(p)) is not None}
+    others = sorted(str(p.relative_to(source)) for p in source.rglob("*") if p.is_file()
+                    and p.suffix != ".jsonl" and p not in dictionaries)
     stats: dict = {}
 
     def build(building: Path) -> None:  # a temp folder beside output, renamed into place when complete
@@ -184,6 +272,9 @@ def exclude(source: Path, output: Path, test_files: Sequence[Path], threshold: f
         for path in tqdm(files, desc="files", unit="file", disable=len(files) < 2):
             rel = path.relative_to(source).as_posix()
             per_file[rel] = filter_file(path, rel, building / rel, index, rejects, removals)
+        for path, entries in dictionaries.items():
+            rel = path.relative_to(source).as_posix()
+            per_file[rel] = filter_dictionary(entries, rel, building / rel, index, removals)
         if rejects:
             write_rejects(building / REJECTS_FILE, rejects)
         stats.update(build_stats(source, output, per_file, removals, rejects, sets_of, test_sets, len(index),
@@ -357,6 +448,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     test_files = args.test if args.test is not None else default_test_files()
     try:
         stats = exclude(args.source, args.output, test_files, args.threshold, args.min_near_chars, args.force)
+    except TestFileRejects as exc:
+        for reject in exc.rejects:
+            print(reject, file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

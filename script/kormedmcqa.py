@@ -13,18 +13,23 @@ This module is the one place that knows
   - ``official``  the test split of all four configs (3,009 items upstream);
   - ``steer``     a deterministic held-out slice (10 % per config) of the TRAIN split, the set that
                   training loops, best-checkpoint choice and type choice steer on;
+  - ``other_eval`` the rest of the evaluation splits (nurse/pharm/dentist dev and fewshot): never
+                  trained on, like every non-train split of every config;
 
 * how a training record is compared with those items (``EvaluationIndex``), used by
   ``exclude_test_from_training.py`` and by the steer selection itself.
 
 Matching rules (see ``EvaluationIndex`` for the details and the reasons):
 
-``exact``       identical question stem (whitespace at the ends ignored);
-``normalised``  identical stem after NFKC, casefold, removal of whitespace and punctuation;
-``contained``   a test stem of at least ``MIN_NEAR_CHARS`` normalised characters appears inside
-                the record's normalised question (a test question wrapped in a longer prompt);
-``near``        Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` (0.8) to an item
-                whose normalised text has at least ``MIN_NEAR_CHARS`` (30) characters, numbers equal.
+``exact``        identical question stem (whitespace at the ends ignored);
+``normalised``   identical stem after NFKC, casefold, removal of whitespace and punctuation;
+``demographics`` identical normalised stem once the patient's age and sex are masked;
+``contained``    a test stem of at least ``MIN_NEAR_CHARS`` normalised characters appears inside
+                 the record's normalised question (a test question wrapped in a longer prompt);
+``near``         Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` (0.8) to an item
+                 whose normalised text has at least ``MIN_NEAR_CHARS`` (30) characters, numbers
+                 equal (the patient's age masked);
+``options``      the same option set and the same right option (a reworded stem of any length).
 
 Where both sides carry options, a short stem (under ``MIN_NEAR_CHARS``) matches only together with
 its options (as a set: option order never matters), because short stems such as "다음 중 옳은
@@ -50,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from script.data_io import DataError, Reject, iter_jsonl
+from script.data_io import DataError, Reject, iter_jsonl, load_local_dataset
 from script.formats import MCQ_REASONING_INSTRUCTION, OPTION_LETTERS
 
 # ---------------------------------------------------------------------------
@@ -71,18 +76,24 @@ META_COLUMNS = ("subject", "year", "period", "q_number", "cot")
 GUIDE604 = "guide604"
 OFFICIAL = "official"
 STEER = "steer"
-SET_NAMES = (GUIDE604, OFFICIAL, STEER)
-SET_FILES = {GUIDE604: "guide604.jsonl", OFFICIAL: "official_test.jsonl", STEER: "steer.jsonl"}
+OTHER_EVAL = "other_eval"
+SET_NAMES = (GUIDE604, OFFICIAL, STEER, OTHER_EVAL)
+SET_FILES = {GUIDE604: "guide604.jsonl", OFFICIAL: "official_test.jsonl", STEER: "steer.jsonl",
+             OTHER_EVAL: "other_eval.jsonl"}
 ALL_TEST_FILE = "all_test.jsonl"
 SETS_MANIFEST = "sets.json"
 GUIDE604_EXPECTED = 604  # doctor dev 164 + test 435 + fewshot 5 upstream; the sample data too
 
 # (config, split) pairs each fixed set is made of; steer is drawn from the train splits.
+# other_eval is the rest of KorMedMCQA's evaluation material (nurse/pharm/dentist dev and fewshot):
+# not scored by default, but evaluation-style questions all the same, so excluded from training too.
 SET_SPLITS: dict[str, tuple[tuple[str, str], ...]] = {
     GUIDE604: (("doctor", "dev"), ("doctor", "test"), ("doctor", "fewshot")),
     OFFICIAL: tuple((config, "test") for config in CONFIGS),
     STEER: tuple((config, "train") for config in CONFIGS),
+    OTHER_EVAL: tuple((config, split) for config in CONFIGS if config != "doctor" for split in ("dev", "fewshot")),
 }
+FIXED_SETS = (GUIDE604, OFFICIAL, OTHER_EVAL)  # the sets read as they are (steer is drawn)
 STEER_FRACTION = 0.1
 STEER_SALT = "kormedmcqa-steer-v1"  # changing it changes the steer slice; keep it fixed
 
@@ -92,7 +103,7 @@ STEER_SALT = "kormedmcqa-steer-v1"  # changing it changes the steer slice; keep 
 NGRAM = 3
 NEAR_THRESHOLD = 0.8
 MIN_NEAR_CHARS = 30
-MATCH_METHODS = ("exact", "normalised", "contained", "near")
+MATCH_METHODS = ("exact", "normalised", "demographics", "contained", "near", "options")
 
 
 # ===========================================================================
@@ -226,11 +237,9 @@ def resolve_hub_dir(from_dir: str | Path) -> Path:
 
 def load_hub_split(hub_dir: str | Path, config: str, split: str, on_reject: Callable[[Reject], None]) -> list[dict]:
     """Items of one config/split of a local hub mirror, read with ``datasets.load_dataset``."""
-    import datasets  # heavy import: only when a mirror is read
-
     hub_dir = Path(hub_dir)
     try:
-        dataset = datasets.load_dataset(str(hub_dir), config, split=split)
+        dataset = load_local_dataset(hub_dir, config, split=split)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types; all mean "not there"
         raise DataError(f"{hub_dir} [{config}/{split}]: cannot load ({type(exc).__name__}: {exc})") from exc
     where = f"{hub_dir}/{config}/{split}"
@@ -296,10 +305,10 @@ def select_steer(
 
 
 def build_sets(source: ItemSource, steer_fraction: float = STEER_FRACTION) -> dict[str, list[dict]]:
-    """The three evaluation sets, each a list of items in upstream order."""
+    """The evaluation sets (``SET_NAMES``), each a list of items in upstream order."""
     sets = {name: [item for config, split in SET_SPLITS[name] for item in source.items(config, split)]
-            for name in (GUIDE604, OFFICIAL)}
-    held_out = EvaluationIndex(dedupe_items(sets[GUIDE604] + sets[OFFICIAL]))
+            for name in FIXED_SETS}
+    held_out = EvaluationIndex(dedupe_items(item for name in FIXED_SETS for item in sets[name]))
     sets[STEER] = [
         item
         for config, split in SET_SPLITS[STEER]
@@ -361,6 +370,26 @@ def normalise_text(text: str) -> str:
     text = _THOUSANDS_COMMA.sub("", text)  # before spaces go, or "5,000 3" would read "5,0003"
     text = _WHITESPACE.sub("", text)
     return _punctuation_pattern().sub("", text)
+
+
+# Who the patient is: an exam rewords a vignette by changing the age or the sex, and a twin that
+# differs only there is the same question. Masked before the fuzzy rules compare texts, so that such
+# numbers never split the numbers signature; every other number (doses, lab values, durations,
+# gestational weeks) still has to be equal.
+_AGE_RE = re.compile(
+    r"생후\s*\d+\s*(?:개월|주|일)"            # 생후 6개월 / 생후 3주
+    r"|\d+\s*(?:개월|주|일)\s*(?:된|의)?\s*(?=(?:남|여)아|영아|신생아|아기|아이)"  # 6개월 된 영아
+    r"|\d+\s*세"                              # 45세
+    r"|\b\d+-(?:year|month|week|day)-old\b",  # 45-year-old
+    re.IGNORECASE)
+_SEX_RE = re.compile(r"남자|여자|남성|여성|남아|여아|소년|소녀|\b(?:man|woman|men|women|boy|girl|male|female)\b",
+                     re.IGNORECASE)
+AGE_MASK, SEX_MASK = "나이", "성별"
+
+
+def mask_demographics(text: str) -> str:
+    """The patient's age and sex replaced by fixed words ("45세 남자" and "72세 여자" read the same)."""
+    return _SEX_RE.sub(SEX_MASK, _AGE_RE.sub(AGE_MASK, text))
 
 
 def char_ngrams(text: str, n: int = NGRAM) -> frozenset[str]:
@@ -432,6 +461,8 @@ def split_stem_options(text: str) -> tuple[str, dict[str, str] | None]:
 
 def _options_of(value: Any) -> dict[str, str] | None:
     """A record's ``options`` field ({"A": ...} or a list) as a letter dict, None if unusable."""
+    if value is None:
+        return None
     if isinstance(value, Mapping):
         options = {str(k).strip().upper(): _clean_cell(v) for k, v in value.items() if _clean_cell(v)}
     elif isinstance(value, (list, tuple)):
@@ -442,17 +473,24 @@ def _options_of(value: Any) -> dict[str, str] | None:
     return options if len(options) >= 2 else None
 
 
+def _letter_columns(record: Mapping[str, Any]) -> dict[str, str] | None:
+    """Options kept as columns ``A`` ... ``E`` (upstream KorMedMCQA rows, 02_kor_med_test records)."""
+    if "A" not in record or "B" not in record:
+        return None
+    return _options_of({letter: record[letter] for letter in OPTION_LETTERS if letter in record})
+
+
 def record_question(record: Mapping[str, Any]) -> tuple[str, dict[str, str] | None] | None:
     """(stem, options or None) of a training record; None when it has no question text at all.
 
-    Order: the record's own ``question`` field (+ ``options``); else the first user message;
-    else a plain ``text`` field (00_plain_text records). MCQ-like text is split at its first
-    option line so that the comparison is on the stem, never on the rendered prompt.
+    Order: the record's own ``question`` field (+ ``options``, or columns ``A``-``E``); else the
+    first user message; else a plain ``text`` field (00_plain_text records). MCQ-like text is split
+    at its first option line so that the comparison is on the stem, never on the rendered prompt.
     """
     question = record.get("question")
     if isinstance(question, str) and question.strip():
         stem, parsed = split_stem_options(question)
-        return stem, _options_of(record.get("options")) or parsed
+        return stem, _options_of(record.get("options")) or _letter_columns(record) or parsed
     messages = record.get("messages")
     if isinstance(messages, list):
         for message in messages:
@@ -467,6 +505,14 @@ def record_question(record: Mapping[str, Any]) -> tuple[str, dict[str, str] | No
     return None
 
 
+def record_gold(record: Mapping[str, Any], options: Mapping[str, str] | None) -> str | None:
+    """The text of a record's right option (its ``answer`` letter among ``options``), else None."""
+    answer = record.get("answer")
+    if not options or not isinstance(answer, str):
+        return None
+    return options.get(answer.strip().upper())
+
+
 # ===========================================================================
 # Matching
 # ===========================================================================
@@ -479,26 +525,44 @@ class Match:
 
 @dataclass
 class _Probe:
-    """Everything about one question that the matcher compares, computed once."""
+    """Everything about one question that the matcher compares, computed once.
+
+    ``masked_stem`` is the normalised stem with the patient's age and sex masked
+    (``mask_demographics``): the fuzzy rules compare the stem as it is, then masked.
+    """
 
     raw_stem: str
     norm_stem: str
+    masked_stem: str
     raw_options: frozenset[str] | None
     norm_options: frozenset[str] | None
+    norm_gold: str | None = None
 
     @classmethod
-    def build(cls, stem: str, options: Mapping[str, str] | None) -> "_Probe":
+    def build(cls, stem: str, options: Mapping[str, str] | None, gold: str | None = None) -> "_Probe":
+        masked = normalise_text(mask_demographics(stem))
         if options:
             values = [str(v).strip() for v in options.values() if str(v).strip()]
-            return cls(stem.strip(), normalise_text(stem), frozenset(values),
-                       frozenset(normalise_text(v) for v in values))
-        return cls(stem.strip(), normalise_text(stem), None, None)
+            norm_gold = normalise_text(gold) if gold else None
+            return cls(stem.strip(), normalise_text(stem), masked, frozenset(values),
+                       frozenset(normalise_text(v) for v in values), norm_gold or None)
+        return cls(stem.strip(), normalise_text(stem), masked, None, None)
 
-    def near_text(self, with_options: bool) -> str:
-        """Stem alone, or stem + options in sorted order (order-insensitive)."""
+    def stem(self, masked: bool) -> str:
+        return self.masked_stem if masked else self.norm_stem
+
+    def near_text(self, with_options: bool, masked: bool = False) -> str:
+        """Stem alone, or stem + options in sorted order (order-insensitive); the stem normalised,
+        or normalised with the patient's age and sex masked."""
         if with_options and self.norm_options:
-            return self.norm_stem + "|" + "|".join(sorted(self.norm_options))
-        return self.norm_stem
+            return self.stem(masked) + "|" + "|".join(sorted(self.norm_options))
+        return self.stem(masked)
+
+    def options_key(self) -> tuple[frozenset[str], str] | None:
+        """(option set, right option) when both are known: the key of the ``options`` rule."""
+        if self.norm_options and self.norm_gold and len(self.norm_options) >= 3:
+            return self.norm_options, self.norm_gold
+        return None
 
 
 @dataclass
@@ -564,21 +628,29 @@ class EvaluationIndex:
 
     Rules, tried in this order; the first that fires names the method:
 
-    ``exact``       the stripped stem equals an item's stem;
-    ``normalised``  ``normalise_text(stem)`` equals an item's (spacing, punctuation, full-width
-                    forms, case do not matter).
-                    For both, when the record AND the item have options and the stem is shorter
-                    than ``MIN_NEAR_CHARS`` normalised characters, the option sets must be equal
-                    too (raw for exact, normalised for normalised; as sets, so a shuffled copy
-                    still matches). A short stem like "다음 중 옳은 것은?" is the same for many
-                    different questions; a long vignette is the question.
-    ``contained``   the normalised stem of an item (>= ``MIN_NEAR_CHARS`` characters) is a
-                    substring of the record's normalised stem: a test question inside a longer
-                    prompt ("다음 문제를 풀어라: ...").
-    ``near``        Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` to an item
-                    whose normalised text has >= ``MIN_NEAR_CHARS`` characters, with the same
-                    numbers (as a multiset). When both sides have options the compared text is
-                    stem + options in sorted order, otherwise the stem alone.
+    ``exact``        the stripped stem equals an item's stem;
+    ``normalised``   ``normalise_text(stem)`` equals an item's (spacing, punctuation, full-width
+                     forms, case do not matter);
+    ``demographics`` the normalised stems are equal once the patient's age and sex are masked
+                     (``mask_demographics``): "45세 남자 ..." and "72세 여자 ..." are one vignette.
+                     For these three, when the record AND the item have options and the stem is
+                     shorter than ``MIN_NEAR_CHARS`` normalised characters, the option sets must be
+                     equal too (raw for exact, normalised otherwise; as sets, so a shuffled copy
+                     still matches). A short stem like "다음 중 옳은 것은?" is the same for many
+                     different questions; a long vignette is the question.
+    ``contained``    the masked stem of an item (>= ``MIN_NEAR_CHARS`` characters) is a substring
+                     of the record's masked stem: a test question inside a longer prompt
+                     ("다음 문제를 풀어라: ...").
+    ``near``         Jaccard similarity of character 3-gram sets >= ``NEAR_THRESHOLD`` to an item
+                     whose masked text has >= ``MIN_NEAR_CHARS`` characters, with the same numbers
+                     (as a multiset; the patient's age is masked and does not count). When both
+                     sides have options the compared text is stem + options in sorted order,
+                     otherwise the stem alone.
+    ``options``      both sides have options and a known right answer, and the option sets (as
+                     normalised sets, at least three options) and the right option's text are
+                     equal, whatever the stems say: a reworded stem over the same options with the
+                     same answer is the same question. This is the rule for short stems, which the
+                     fuzzy rules leave alone.
 
     Why 3-grams, 0.8 and 30: a Korean syllable is one character, so 3-grams are about a short
     word. One substituted character changes at most 3 of the (L - 2) grams of an L-character
@@ -590,8 +662,8 @@ class EvaluationIndex:
     lost training record is cheap, a leaked test item is not). Numbers are compared exactly
     because "K 2.5 mEq/L" and "K 6.5 mEq/L" are different questions although one character apart,
     so a one-character edit that changes a number is NOT matched by ``near``. Short stems are left
-    to the exact/normalised rules: "혈중 칼륨 농도는?" / "혈중 칼슘 농도는?" differ by one
-    character and are different questions.
+    to the exact/normalised/demographics and options rules: "혈중 칼륨 농도는?" / "혈중 칼슘
+    농도는?" differ by one character and are different questions.
 
     Scaling: building the index is linear in the total length of the items. Items are indexed per
     numbers signature, so a record is only ever compared with items carrying the same numbers.
@@ -599,8 +671,9 @@ class EvaluationIndex:
     more than ``n - ceil(0.8 n)`` unknown grams stops there), the posting lists of its rarest
     remaining prefix grams (prefix filtering), and one set intersection per candidate that passes
     the length filter -- so a whole run is linear in the training data, not records x items.
-    Exact and normalised lookups are dict lookups; ``contained`` intersects the record's grams
-    with a map from each item's rarest gram ("anchor") to the item, then checks substrings.
+    Exact, normalised, demographics and options lookups are dict lookups; ``contained`` intersects
+    the record's grams with a map from each item's rarest gram ("anchor") to the item, then checks
+    substrings.
     """
 
     def __init__(self, items: Iterable[Mapping[str, Any]], threshold: float = NEAR_THRESHOLD,
@@ -611,9 +684,11 @@ class EvaluationIndex:
         self.probes: list[_Probe] = []
         self._exact: dict[str, list[int]] = defaultdict(list)
         self._normalised: dict[str, list[int]] = defaultdict(list)
-        # (with options?, numbers signature) -> gram index
-        self._gram_indexes: dict[tuple[bool, tuple[str, ...]], _GramIndex] = {}
-        self._anchors: dict[str, list[int]] = defaultdict(list)
+        self._masked: dict[str, list[int]] = defaultdict(list)
+        self._by_options: dict[tuple[frozenset[str], str], int] = {}
+        # (with options?, masked?, numbers signature) -> gram index
+        self._gram_indexes: dict[tuple[bool, bool, tuple[str, ...]], _GramIndex] = {}
+        self._anchors: dict[bool, dict[str, list[int]]] = {False: defaultdict(list), True: defaultdict(list)}
         for item in items:
             self._add(item)
         self._build_anchors()
@@ -626,26 +701,34 @@ class EvaluationIndex:
         if not isinstance(question, str) or not question.strip():
             raise DataError(f"evaluation item {item.get('id')!r} has no question")
         position = len(self.ids)
-        probe = _Probe.build(question, _options_of(item.get("options")))
+        options = _options_of(item.get("options"))
+        probe = _Probe.build(question, options, record_gold(item, options))
         self.ids.append(str(item.get("id", position)))
         self.probes.append(probe)
         self._exact[probe.raw_stem].append(position)
         self._normalised[probe.norm_stem].append(position)
+        self._masked[probe.masked_stem].append(position)
+        key = probe.options_key()
+        if key is not None:
+            self._by_options.setdefault(key, position)
         for with_options in (False, True):
-            text = probe.near_text(with_options)
-            if len(text) >= self.min_near_chars:
-                key = (with_options, numbers_in(text))
-                if key not in self._gram_indexes:
-                    self._gram_indexes[key] = _GramIndex(self.threshold)
-                self._gram_indexes[key].add(position, text)
+            for masked in (False, True):
+                text = probe.near_text(with_options, masked)
+                if len(text) >= self.min_near_chars:
+                    index_key = (with_options, masked, numbers_in(text))
+                    if index_key not in self._gram_indexes:
+                        self._gram_indexes[index_key] = _GramIndex(self.threshold)
+                    self._gram_indexes[index_key].add(position, text)
 
     def _build_anchors(self) -> None:
-        """Each long stem's rarest gram: a record can contain the stem only if it has that gram."""
-        long_stems = [(p, char_ngrams(probe.norm_stem)) for p, probe in enumerate(self.probes)
-                      if len(probe.norm_stem) >= self.min_near_chars]
-        frequency = Counter(gram for _, grams in long_stems for gram in grams)
-        for position, grams in long_stems:
-            self._anchors[min(grams, key=lambda g: (frequency[g], g))].append(position)
+        """Each long stem's rarest gram (as it is, and masked): a record can contain the stem only
+        if it has that gram."""
+        for masked, anchors in self._anchors.items():
+            long_stems = [(p, char_ngrams(probe.stem(masked))) for p, probe in enumerate(self.probes)
+                          if len(probe.stem(masked)) >= self.min_near_chars]
+            frequency = Counter(gram for _, grams in long_stems for gram in grams)
+            for position, grams in long_stems:
+                anchors[min(grams, key=lambda g: (frequency[g], g))].append(position)
 
     # -- rules -------------------------------------------------------------------------------
     def _options_agree(self, probe: _Probe, position: int, normalised: bool) -> bool:
@@ -658,9 +741,9 @@ class EvaluationIndex:
             return probe.norm_options == item.norm_options
         return probe.raw_options == item.raw_options
 
-    def match(self, stem: str, options: Mapping[str, str] | None = None) -> Match | None:
-        """The first rule that matches ``stem`` (and ``options``) to an item, or None."""
-        probe = _Probe.build(stem, options)
+    def match(self, stem: str, options: Mapping[str, str] | None = None, gold: str | None = None) -> Match | None:
+        """The first rule that matches ``stem`` (and ``options``, whose right one is ``gold``) to an item."""
+        probe = _Probe.build(stem, options, gold)
         if not probe.norm_stem:
             return None
         for position in self._exact.get(probe.raw_stem, ()):
@@ -669,39 +752,53 @@ class EvaluationIndex:
         for position in self._normalised.get(probe.norm_stem, ()):
             if self._options_agree(probe, position, normalised=True):
                 return Match("normalised", self.ids[position], 1.0)
-        found = self._contained(probe)
+        for position in self._masked.get(probe.masked_stem, ()):
+            if self._options_agree(probe, position, normalised=True):
+                return Match("demographics", self.ids[position], 1.0)
+        found = self._contained(probe) or self._near(probe)
         if found is not None:
             return found
-        return self._near(probe)
+        key = probe.options_key()
+        if key is not None and key in self._by_options:
+            return Match("options", self.ids[self._by_options[key]], 1.0)
+        return None
 
     def match_item(self, item: Mapping[str, Any]) -> Match | None:
-        return self.match(item["question"], _options_of(item.get("options")))
+        options = _options_of(item.get("options"))
+        return self.match(item["question"], options, record_gold(item, options))
 
     def match_record(self, record: Mapping[str, Any]) -> Match | None:
         question = record_question(record)
-        return None if question is None else self.match(*question)
+        if question is None:
+            return None
+        stem, options = question
+        return self.match(stem, options, record_gold(record, options))
 
     def _contained(self, probe: _Probe) -> Match | None:
-        text = probe.norm_stem
-        if len(text) <= self.min_near_chars:
-            return None
-        for gram in char_ngrams(text) & self._anchors.keys():
-            for position in self._anchors[gram]:
-                if self.probes[position].norm_stem in text:
-                    return Match("contained", self.ids[position], 1.0)
+        for masked, anchors in self._anchors.items():
+            text = probe.stem(masked)
+            if len(text) <= self.min_near_chars:
+                continue
+            for gram in char_ngrams(text) & anchors.keys():
+                for position in anchors[gram]:
+                    if self.probes[position].stem(masked) in text:
+                        return Match("contained", self.ids[position], 1.0)
         return None
 
     def _near(self, probe: _Probe) -> Match | None:
+        """The texts as they are first (so that every one-character edit of a 30+ character text is
+        caught, whatever it touches), then with the patient's age and sex masked on both sides."""
         with_options = probe.norm_options is not None
-        text = probe.near_text(with_options)
-        # Only items of min_near_chars+ are indexed; the record may be a little shorter (a
-        # deletion), the index's length filter keeps it within [t*m, m/t] of the item.
-        index = self._gram_indexes.get((with_options, numbers_in(text)))
-        found = index.best(char_ngrams(text)) if index is not None else None
-        if found is None:
-            return None
-        position, score = found
-        return Match("near", self.ids[position], round(score, 4))
+        for masked in (False, True):
+            text = probe.near_text(with_options, masked)
+            # Only items of min_near_chars+ are indexed; the record may be a little shorter (a
+            # deletion), the index's length filter keeps it within [t*m, m/t] of the item.
+            index = self._gram_indexes.get((with_options, masked, numbers_in(text)))
+            found = index.best(char_ngrams(text)) if index is not None else None
+            if found is not None:
+                position, score = found
+                return Match("near", self.ids[position], round(score, 4))
+        return None
 
 
 # ===========================================================================

@@ -26,18 +26,24 @@ import argparse
 import json
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from script import kormedmcqa
 from script.data_io import atomic_write_dir
 from script.sample_knowledge import (
+    CONDITION_GROUP,
     CONDITIONS,
     DIVISIONS,
     GENERAL_TOPICS,
+    GROUP_EVAL,
+    GROUP_STEER,
+    GROUP_TRAIN,
     SPECIALTIES,
     SYMBOLS,
     VET_TERMS,
     Condition,
+    conditions_in,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +56,20 @@ Splits = dict[str, Rows]  # split name -> rows
 
 @dataclass
 class HubDataset:
-    """One rendered dataset: hub id, configs -> splits -> rows, file layout."""
+    """One rendered dataset: hub id, configs -> splits -> rows, file layout.
+
+    ``provenance`` is the generator's own record of what each row of an MCQ-shaped split asks:
+    (config, split) -> one ``{"condition", "kind", "gold"}`` per row, in row order (None for a
+    text-form row of a mixed split, such as a long answer of a reasoning source). Text-form
+    splits have none. Tests read it to prove that no evaluation question shares its condition
+    with an MCQ training row; it is never written to disk (the files keep the upstream schema).
+    """
 
     hub_id: str
     configs: dict[str, Splits]
     # (config, split) -> path inside the dataset dir; default data/<config>/<split>.jsonl
     paths: dict[tuple[str, str], str] | None = None
+    provenance: dict[tuple[str, str], list[dict | None]] = field(default_factory=dict)
 
     def path_for(self, config: str, split: str) -> str:
         if self.paths and (config, split) in self.paths:
@@ -209,6 +223,25 @@ def stem_vars(rng: random.Random, c: Condition) -> dict[str, str]:
     }
 
 
+# --------------------------------------------------------------------------- who may be asked about
+
+# MCQ-shaped training sources ask about "train" conditions only, with distractors from the same
+# group; the steering slice and the evaluation sets ask about their own groups, with distractors
+# from the held-out conditions (so no option text of a held-out item was a training gold either).
+TRAIN_CONDITIONS = conditions_in(GROUP_TRAIN)
+STEER_CONDITIONS = conditions_in(GROUP_STEER)
+EVAL_CONDITIONS = conditions_in(GROUP_EVAL)
+HELD_OUT_CONDITIONS = conditions_in(GROUP_EVAL, GROUP_STEER)
+
+
+def diseases(conds: Sequence[Condition]) -> list[Condition]:
+    return [c for c in conds if c.kind == "disease"]
+
+
+def ethics_topics(conds: Sequence[Condition]) -> list[Condition]:
+    return [c for c in conds if c.kind == "ethics"]
+
+
 # --------------------------------------------------------------------------- multiple-choice items
 
 # What each question kind asks for.  dx: the condition; tx: first-line treatment;
@@ -333,7 +366,9 @@ def make_item(rng: random.Random, c: Condition, kind: str, templates: Templates,
               n_options: int, seen: set[str], pool: Sequence[Condition],
               en_templates: dict[str, list[str]] | None = None,
               tries: int = 40) -> McqItem | None:
-    """Render one MCQ whose stem is not in ``seen``; None if the variants run out."""
+    """Render one MCQ whose stem, and whose option set with its right option, are not in ``seen``
+    (the exclusion step reads the same options with the same answer as the same question); None if
+    the variants run out."""
     forms = templates[c.kind].get(kind)
     if not forms:
         return None
@@ -349,7 +384,10 @@ def make_item(rng: random.Random, c: Condition, kind: str, templates: Templates,
             stem_en = en_forms[i % len(en_forms)].format(en=en_in_sentence(c.en), **values)
         gold = gold_option(rng, c, kind)
         options, slot = pick_options(rng, gold, distractor_pool(c, kind, pool), n_options)
-        seen.add(stem)
+        option_key = "\x1f".join(sorted(o.ko for o in options)) + "\x1e" + gold.ko
+        if option_key in seen:
+            continue
+        seen.update((stem, option_key))
         return McqItem(c, kind, stem, stem_en, options, slot, explain(c, kind, gold))
     return None
 
@@ -483,6 +521,16 @@ def letter_rows(item: McqItem, n: int) -> dict[str, str]:
     return {LETTERS[i]: item.options[i].ko for i in range(n)}
 
 
+def item_provenance(item: McqItem) -> dict:
+    """What an MCQ row asks, in the generator's terms (see HubDataset.provenance)."""
+    return {"condition": item.cond.id, "kind": item.kind, "gold": item.options[item.answer].ko}
+
+
+def answer_provenance(c: Condition, kind: str, gold: str) -> dict:
+    """The same for a short-answer row (a question whose answer is one fact)."""
+    return {"condition": c.id, "kind": kind, "gold": gold}
+
+
 # --------------------------------------------------------------------------- MCQ sources
 
 KMM_COUNTS = {  # config -> split -> rows
@@ -502,41 +550,72 @@ KMM_YEARS = {"train": list(range(2012, 2021)), "dev": [2021], "test": [2022, 202
              "fewshot": [2021]}
 
 
+def kmm_row_keys(split: str, count: int, q_numbers: dict[tuple[int, int], int]) -> list[tuple[int, int, int]]:
+    """(year, period, q_number) of each row; q_number counts on per config across its splits."""
+    years = KMM_YEARS[split]
+    keys = []
+    for i in range(count):
+        year, period = years[i % len(years)], 1 + (i // len(years)) % 2
+        q_numbers[(year, period)] = q_numbers.get((year, period), 0) + 1
+        keys.append((year, period, q_numbers[(year, period)]))
+    return keys
+
+
+def steer_positions(config: str, keys: Sequence[tuple[int, int, int]]) -> set[int]:
+    """Rows of a train split that ``kormedmcqa.select_steer`` takes for the steering set (the same
+    salted-hash rule, on the ids the extractor gives these rows), so they can be steer-condition rows."""
+    ids = [kormedmcqa.make_item_id(config, "train", f"{y}-{p}-{q}") for y, p, q in keys]
+    ranked = sorted(range(len(ids)), key=lambda i: kormedmcqa.steer_rank(ids[i]))
+    return set(ranked[: kormedmcqa.steer_count(len(ids))])
+
+
 def build_kormedmcqa(seed: int) -> HubDataset:
+    """Train rows ask about train conditions, except the rows the steering draw takes, which ask
+    about steer conditions; dev/test/fewshot rows of every config ask about eval conditions."""
     rng = random.Random(f"{seed}:kormedmcqa")
     seen: set[str] = set()  # stems are unique across all configs and splits
     configs: dict[str, Splits] = {}
+    provenance: dict[tuple[str, str], list[dict]] = {}
     for config, counts in KMM_COUNTS.items():
         configs[config] = {}
         q_numbers: dict[tuple[int, int], int] = {}
+        weights = KMM_WEIGHTS[config]
         for split, count in counts.items():
-            templates = KMM_TRAIN if split == "train" else KMM_EVAL
-            items = generate_items(rng, count, CONDITIONS, KMM_WEIGHTS[config], templates, 5, seen)
+            keys = kmm_row_keys(split, count, q_numbers)
+            if split == "train":
+                steer_at = steer_positions(config, keys)
+                steer = iter(generate_items(rng, len(steer_at), STEER_CONDITIONS, weights, KMM_TRAIN, 5, seen,
+                                            pool=HELD_OUT_CONDITIONS))
+                train = iter(generate_items(rng, count - len(steer_at), TRAIN_CONDITIONS, weights, KMM_TRAIN, 5,
+                                            seen, pool=TRAIN_CONDITIONS))
+                items = [next(steer) if i in steer_at else next(train) for i in range(count)]
+            else:
+                items = generate_items(rng, count, EVAL_CONDITIONS, weights, KMM_EVAL, 5, seen,
+                                       pool=HELD_OUT_CONDITIONS)
             rows: Rows = []
-            for i, item in enumerate(items):
-                years = KMM_YEARS[split]
-                year = years[i % len(years)]
-                period = 1 + (i // len(years)) % 2
-                q_numbers[(year, period)] = q_numbers.get((year, period), 0) + 1
+            for (year, period, q_number), item in zip(keys, items):
                 letter = LETTERS[item.answer]
                 cot = f"{item.explanation} 따라서 정답은 {letter}이다." if split == "fewshot" else ""
                 rows.append({"subject": config, "year": year, "period": period,
-                             "q_number": q_numbers[(year, period)], "question": item.stem,
+                             "q_number": q_number, "question": item.stem,
                              **letter_rows(item, 5), "answer": item.answer + 1, "cot": cot})
             configs[config][split] = rows
-    return HubDataset("sean0042/KorMedMCQA", configs)
+            provenance[(config, split)] = [item_provenance(item) for item in items]
+    return HubDataset("sean0042/KorMedMCQA", configs, provenance=provenance)
 
 
 def build_medqa(seed: int) -> HubDataset:
     rng = random.Random(f"{seed}:medqa")
     seen: set[str] = set()
-    diseases = [c for c in CONDITIONS if c.kind == "disease"]
+    pool = diseases(TRAIN_CONDITIONS)
     weights = {"dx": 2, "test": 1, "symptom": 1}
     splits: Splits = {}
+    provenance: dict[tuple[str, str], list[dict]] = {}
     for split, count in (("train", 150), ("test", 40)):
         rows: Rows = []
-        for item in generate_items(rng, count, diseases, weights, MEDQA_KO, 4, seen,
-                                   pool=diseases, en_templates=MEDQA_EN):
+        items = generate_items(rng, count, pool, weights, MEDQA_KO, 4, seen, pool=pool, en_templates=MEDQA_EN)
+        provenance[("default", split)] = [item_provenance(item) for item in items]
+        for item in items:
             options_en = {LETTERS[i]: o.en for i, o in enumerate(item.options)}
             rows.append({
                 "question": item.stem_en,
@@ -549,31 +628,34 @@ def build_medqa(seed: int) -> HubDataset:
         splits[split] = rows
     paths = {("default", "train"): "medqa_edited_train.jsonl",
              ("default", "test"): "medqa_edited_test.jsonl"}
-    return HubDataset("ChuGyouk/MedQA", {"default": splits}, paths)
+    return HubDataset("ChuGyouk/MedQA", {"default": splits}, paths, provenance)
 
 
 def build_medqa_evol(seed: int) -> HubDataset:
     rng = random.Random(f"{seed}:medqa_evol")
     weights = {"dx": 3, "tx": 3, "test": 2, "symptom": 1, "specialty": 1}
     rows: Rows = []
-    for item in generate_items(rng, 150, CONDITIONS, weights, EVOL, 5, set()):
+    items = generate_items(rng, 150, TRAIN_CONDITIONS, weights, EVOL, 5, set(), pool=TRAIN_CONDITIONS)
+    for item in items:
         option_lines = "\n".join(f"{LETTERS[i]}. {o.ko}" for i, o in enumerate(item.options))
         letter = LETTERS[item.answer]
         rows.append({
             "input": f"{item.stem}\n{option_lines}",
             "output": f"정답: {letter}. {item.options[item.answer].ko}\n\n해설: {item.explanation}",
         })
-    return HubDataset("ChuGyouk/MedQA-Evol-Korean", {"default": {"train": rows}})
+    return HubDataset("ChuGyouk/MedQA-Evol-Korean", {"default": {"train": rows}},
+                      provenance={("default", "train"): [item_provenance(item) for item in items]})
 
 
 def build_kormedlawqa(seed: int) -> HubDataset:
     rng = random.Random(f"{seed}:kormedlawqa")
-    topics = [c for c in CONDITIONS if c.kind == "ethics"]
+    topics = ethics_topics(TRAIN_CONDITIONS)
     weights = {"dx": 1, "tx": 1, "test": 1, "symptom": 1}
-    rows = [{"question": item.stem, "options": [o.ko for o in item.options],
-             "answer": LETTERS[item.answer]}
-            for item in generate_items(rng, 60, topics, weights, LAW, 5, set(), pool=topics)]
-    return HubDataset("snuh/KorMedLawQA", {"default": {"train": rows}})
+    items = generate_items(rng, 60, topics, weights, LAW, 5, set(), pool=topics)
+    rows = [{"question": item.stem, "options": [o.ko for o in item.options], "answer": LETTERS[item.answer]}
+            for item in items]
+    return HubDataset("snuh/KorMedLawQA", {"default": {"train": rows}},
+                      provenance={("default", "train"): [item_provenance(item) for item in items]})
 
 
 def _kmmlu_rows(rng: random.Random, items: list[McqItem], category: str) -> Rows:
@@ -602,23 +684,26 @@ def build_kmmlu(seed: int) -> HubDataset:
     counts = {"Health": {"train": 40, "dev": 5, "test": 60},
               "Biology": {"train": 20, "dev": 5, "test": 30},
               "Psychology": {"train": 20, "dev": 5, "test": 30}}
-    diseases = [c for c in CONDITIONS if c.kind == "disease"]
-    psych = [c for c in diseases if c.specialty == "정신건강의학과"]
+    # KMMLU is an evaluation set: it asks about eval conditions, with held-out distractors.
+    asked, pool = diseases(EVAL_CONDITIONS), diseases(HELD_OUT_CONDITIONS)
+    psych = [c for c in asked if c.specialty == "정신건강의학과"]
+    psych_pool = [c for c in pool if c.specialty == "정신건강의학과"]
     # Conditions whose home organ system is unambiguous.
-    organ = [c for c in diseases
+    organ = [c for c in asked
              if c.top_division in BODY_SYSTEMS
              and c.specialty in {"내과", "외과", "소아청소년과", "신경과", "흉부외과"}
              and not c.division.startswith(("5.7", "6.5"))]
     medical_weights = {"dx": 2, "tx": 1, "test": 1, "symptom": 1}
     configs: dict[str, Splits] = {}
+    provenance: dict[tuple[str, str], list[dict]] = {}
     for config, splits in counts.items():
         seen: set[str] = set()
         configs[config] = {}
         for split, count in splits.items():
             if config == "Health":
-                items = generate_items(rng, count, diseases, medical_weights, KMMLU, 4, seen, pool=diseases)
+                items = generate_items(rng, count, asked, medical_weights, KMMLU, 4, seen, pool=pool)
             elif config == "Psychology":
-                items = generate_items(rng, count, psych, medical_weights, KMMLU, 4, seen, pool=psych)
+                items = generate_items(rng, count, psych, medical_weights, KMMLU, 4, seen, pool=psych_pool)
             else:
                 items = []
                 for c in cycle_shuffled(rng, organ):
@@ -628,7 +713,8 @@ def build_kmmlu(seed: int) -> HubDataset:
                     if item:
                         items.append(item)
             configs[config][split] = _kmmlu_rows(rng, items, config)
-    return HubDataset("HAERAE-HUB/KMMLU", configs)
+            provenance[(config, split)] = [item_provenance(item) for item in items]
+    return HubDataset("HAERAE-HUB/KMMLU", configs, provenance=provenance)
 
 
 # --------------------------------------------------------------------------- knowledge prose
@@ -734,26 +820,30 @@ def build_ai_healthcare_qa(seed: int) -> HubDataset:
 
 
 def build_kormedconceptsqa(seed: int) -> HubDataset:
+    """Short concept questions with one-fact answers: MCQ-shaped knowledge, so train conditions only."""
     rng = random.Random(f"{seed}:kormedconceptsqa")
-    diseases = [c for c in CONDITIONS if c.kind == "disease"]
     rows = []
-    for i, c in enumerate(_pick(rng, diseases, 150)):
+    provenance = []
+    for i, c in enumerate(_pick(rng, diseases(TRAIN_CONDITIONS), 150)):
         aspect = i % 6
         if aspect == 0:
-            q, a = f"'{c.ko}'의 영어 의학 용어는 무엇인가?", c.en
+            q, a, kind = f"'{c.ko}'의 영어 의학 용어는 무엇인가?", c.en, "english"
         elif aspect == 1:
-            q, a = f"영어 의학 용어 '{c.en}'에 해당하는 한국어 용어는?", c.ko
+            q, a, kind = f"영어 의학 용어 '{c.en}'에 해당하는 한국어 용어는?", c.ko, "korean"
         elif aspect == 2:
-            q, a = f"{josa(c.ko, '은')} 어느 진료과에서 주로 다루는가?", c.specialty
+            q, a, kind = f"{josa(c.ko, '은')} 어느 진료과에서 주로 다루는가?", c.specialty, "specialty"
         elif aspect == 3:
-            q, a = f"{josa(c.ko, '은')} 어느 의학 분야에 속하는가?", f"{division_label(c)} ({DIVISIONS[c.top_division][0]})"
+            q, a, kind = (f"{josa(c.ko, '은')} 어느 의학 분야에 속하는가?",
+                          f"{division_label(c)} ({DIVISIONS[c.top_division][0]})", "division")
         elif aspect == 4:
             s = rng.choice(c.symptoms)
-            q, a = f"'{s}' 소견과 관련된 대표 질환은?", c.ko
+            q, a, kind = f"'{s}' 소견과 관련된 대표 질환은?", c.ko, "dx"
         else:
-            q, a = f"{josa(c.key_test, '으로')} 진단하는 대표 질환은?", c.ko
+            q, a, kind = f"{josa(c.key_test, '으로')} 진단하는 대표 질환은?", c.ko, "dx"
         rows.append({"question": q, "answer": a})
-    return HubDataset("ChuGyouk/KorMedConceptsQA", {"default": {"train": rows}})
+        provenance.append(answer_provenance(c, kind, a))
+    return HubDataset("ChuGyouk/KorMedConceptsQA", {"default": {"train": rows}},
+                      provenance={("default", "train"): provenance})
 
 
 def build_komedinstruct(seed: int) -> HubDataset:
@@ -856,23 +946,35 @@ def reasoning_question(rng: random.Random, c: Condition, short: bool) -> str:
     return f"{josa(p.ko, '이')} {josa(join_ko(findings), '을')} 보인다. {tail}"
 
 
+def long_and_short(rng: random.Random, n: int, short_first: bool) -> list[tuple[Condition, bool]]:
+    """n (condition, short answer?) pairs alternating long and short. Long answers (type 2: text
+    with reasoning) may be about any condition; short answers (type 4: the diagnosis as the answer
+    to a question, which is MCQ-shaped) are about train conditions only."""
+    long_answers, short_answers = iter(_pick(rng, CONDITIONS, n)), iter(_pick(rng, TRAIN_CONDITIONS, n))
+    pairs = []
+    for i in range(n):
+        short = (i % 2 == 0) == short_first
+        pairs.append((next(short_answers) if short else next(long_answers), short))
+    return pairs
+
+
 def build_o1_reasoning(seed: int) -> HubDataset:
     """Half long answers (type 2) and half short diagnosis-only answers (type 4)."""
     rng = random.Random(f"{seed}:o1")
-    rows = []
-    for i, c in enumerate(_pick(rng, CONDITIONS, 200)):
-        short = i % 2 == 1
+    rows, provenance = [], []
+    for c, short in long_and_short(rng, 200, short_first=False):
         rows.append({"Question": reasoning_question(rng, c, short),
                      "Complex_Cot": " ".join(reasoning_steps(rng, c)),
                      "Response": c.ko if short else long_answer(c)})
-    return HubDataset("ChuGyouk/medical-o1-reasoning-SFT-Ko", {"default": {"train": rows}})
+        provenance.append(answer_provenance(c, "dx", c.ko) if short else None)
+    return HubDataset("ChuGyouk/medical-o1-reasoning-SFT-Ko", {"default": {"train": rows}},
+                      provenance={("default", "train"): provenance})
 
 
 def build_chain_of_diagnosis(seed: int) -> HubDataset:
     rng = random.Random(f"{seed}:cod")
-    rows = []
-    for i, c in enumerate(_pick(rng, CONDITIONS, 200)):
-        short = i % 2 == 0
+    rows, provenance = [], []
+    for c, short in long_and_short(rng, 200, short_first=True):
         steps = reasoning_steps(rng, c)
         chain = "\n".join(f"{n}단계: {s}" for n, s in enumerate(steps, 1))
         if c.kind == "ethics":
@@ -882,7 +984,9 @@ def build_chain_of_diagnosis(seed: int) -> HubDataset:
             question = f"환자: {p.ko}. 주 증상: {join_ko(c.symptoms)}. 진단은?"
         rows.append({"question": question, "chain": chain,
                      "diagnosis": c.ko if short else long_answer(c)})
-    return HubDataset("ChuGyouk/ChainofDiagnosis-Ko", {"default": {"train": rows}})
+        provenance.append(answer_provenance(c, "dx", c.ko) if short else None)
+    return HubDataset("ChuGyouk/ChainofDiagnosis-Ko", {"default": {"train": rows}},
+                      provenance={("default", "train"): provenance})
 
 
 # --------------------------------------------------------------------------- plain Korean text
@@ -1073,6 +1177,18 @@ def top_readme(datasets: list[HubDataset]) -> str:
         "",
         "Regenerate with `python -m script.make_sample_data` (deterministic; byte-identical output).",
         "",
+        "Evaluation knowledge is held out the way real exams hold it out: every condition of the table "
+        "is in one group, and the multiple-choice and short-answer sources ask only about their group's "
+        "conditions. The facts of held-out conditions appear only in text (plain-text corpora, dictionary "
+        "definitions, the long answers of the QA and reasoning sources).",
+        "",
+        "| group | conditions | asked about by |",
+        "|---|---|---|",
+        f"| eval | {len(EVAL_CONDITIONS)} | KorMedMCQA dev, test and fewshot (every config), KMMLU |",
+        f"| steer | {len(STEER_CONDITIONS)} | the KorMedMCQA train rows that the steering draw takes |",
+        f"| train | {len(TRAIN_CONDITIONS)} | the other KorMedMCQA train rows, MedQA, MedQA-Evol-Korean, "
+        "KorMedLawQA, KorMedConceptsQA, the short answers of the reasoning sources |",
+        "",
         "| dataset | config | rows per split |",
         "|---|---|---|",
     ]
@@ -1083,9 +1199,14 @@ def top_readme(datasets: list[HubDataset]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def build_datasets(seed: int) -> list[HubDataset]:
+    """Every dataset of the sample mirror, with the generator's provenance records."""
+    return [build(seed) for build in BUILDERS] + [build_local_dicts()]
+
+
 def render(seed: int) -> dict[str, str]:
     """All output files: relative path -> text."""
-    datasets = [build(seed) for build in BUILDERS] + [build_local_dicts()]
+    datasets = build_datasets(seed)
     files: dict[str, str] = {"README.md": top_readme(datasets)}
     for ds in datasets:
         files[f"{ds.hub_id}/README.md"] = dataset_readme(ds)

@@ -12,6 +12,8 @@ Contents
 - ``CONDITIONS``: >100 conditions.  For division "10" (ethics, law, patient
   safety) a condition is a *topic*: ``symptoms`` are situation cues,
   ``key_test`` is the governing rule or law and ``treatment`` the right action.
+- ``CONDITION_GROUP``: each condition's group (eval, steer or train), which decides
+  the sources that may ask about it (see "held-out knowledge" below).
 - ``VET_TERMS``: veterinary terms for the animal dictionary.
 - ``SYMBOLS``: special characters for the character dictionary.
 - ``GENERAL_TOPICS``: everyday (non-medical) Korean sentences by topic.
@@ -19,6 +21,7 @@ Contents
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 
 DIVISIONS: dict[str, tuple[str, str]] = {
@@ -1117,6 +1120,43 @@ CONDITIONS: list[Condition] = [
 ]
 
 CONDITIONS_BY_ID: dict[str, Condition] = {c.id: c for c in CONDITIONS}
+
+
+# ---------------------------------------------------------------------------- held-out knowledge
+# The sample world holds evaluation knowledge out of training the way real exams do. Each condition
+# belongs to one group:
+#   "eval"   behind the evaluation sets (KorMedMCQA dev/test/fewshot of every config, KMMLU);
+#   "steer"  behind the steering slice of KorMedMCQA train (what training loops may look at);
+#   "train"  behind every MCQ-shaped training source (KorMedMCQA train, MedQA, MedQA-Evol,
+#            KorMedLawQA, KorMedConceptsQA and the short-answer reasoning rows of type 4).
+# Facts of "eval" and "steer" conditions reach a model only through text (plain text, dictionary
+# definitions, the long answers of types 1 and 2), in other wordings than the exam's; so a gain on
+# the evaluation sets measures transfer from text to exam answering, not recall of a reworded twin.
+GROUP_EVAL, GROUP_STEER, GROUP_TRAIN = "eval", "steer", "train"
+GROUP_SHARES = {GROUP_EVAL: 0.40, GROUP_STEER: 0.15}  # of each (division, kind) stratum; the rest is train
+
+
+def _condition_groups() -> dict[str, str]:
+    """Condition id -> group, stratified by top division and kind, in a fixed (hashed) order."""
+    strata: dict[tuple[str, str], list[Condition]] = {}
+    for c in CONDITIONS:
+        strata.setdefault((c.top_division, c.kind), []).append(c)
+    groups: dict[str, str] = {}
+    for members in strata.values():
+        members = sorted(members, key=lambda c: hashlib.sha256(f"sample-group:{c.id}".encode()).hexdigest())
+        n_eval = round(len(members) * GROUP_SHARES[GROUP_EVAL])
+        n_steer = round(len(members) * GROUP_SHARES[GROUP_STEER])
+        for k, c in enumerate(members):
+            groups[c.id] = GROUP_EVAL if k < n_eval else GROUP_STEER if k < n_eval + n_steer else GROUP_TRAIN
+    return groups
+
+
+CONDITION_GROUP: dict[str, str] = _condition_groups()
+
+
+def conditions_in(*groups: str, kind: str | None = None) -> list[Condition]:
+    """The conditions of the given groups (and kind), in table order."""
+    return [c for c in CONDITIONS if CONDITION_GROUP[c.id] in groups and (kind is None or c.kind == kind)]
 
 
 # Veterinary terms for the animal dictionary: (Korean term, English, Korean explanation).

@@ -62,6 +62,9 @@ class Source:
     data_files: Mapping[str, str] | None = None
     # Local sources: config -> file path relative to the local directory (<mirror>/local).
     local_files: Mapping[str, str] | None = None
+    # Splits that are evaluation material (a benchmark's dev/test/fewshot): downloaded, never refined
+    # into training data. A source that feeds FEED_EVALUATION is evaluation material as a whole.
+    evaluation_splits: tuple[str, ...] = ()
     note: str = ""
 
     @property
@@ -71,6 +74,13 @@ class Source:
     def parts(self) -> list[tuple[str, str]]:
         """Every (config, split) pair this source has, in a fixed order."""
         return [(config, split) for config in self.configs for split in self.splits]
+
+    def is_evaluation_split(self, split: str) -> bool:
+        return self.feeds == FEED_EVALUATION or split in self.evaluation_splits
+
+    def training_parts(self) -> list[tuple[str, str]]:
+        """The (config, split) pairs that may become training data: ``parts`` minus evaluation splits."""
+        return [(config, split) for config, split in self.parts() if not self.is_evaluation_split(split)]
 
     def origin_label(self) -> str:
         return self.hub_id or f"local:{', '.join((self.local_files or {}).values())}"
@@ -104,11 +114,14 @@ SOURCES: tuple[Source, ...] = (
     # ---- Multiple choice: type 3 ------------------------------------------------------------
     Source("kormedmcqa", "sean0042/KorMedMCQA", KORMEDMCQA_CONFIGS, KORMEDMCQA_SPLITS,
            ("subject", "year", "period", "q_number", "question", "A", "B", "C", "D", "E", "answer"), FEED_MCQ,
-           note="answer is 1-5; dev/test/fewshot are evaluation items, removed later by exclusion"),
+           evaluation_splits=("dev", "test", "fewshot"),
+           note="answer is 1-5; dev/test/fewshot of every config are evaluation items: never refined"),
     Source("medqa", "ChuGyouk/MedQA", (DEFAULT_CONFIG,), ("train", "test"),
            ("question_ko", "A_ko", "B_ko", "C_ko", "D_ko", "answer_idx"), FEED_MCQ,
            data_files={"train": "medqa_edited_train.jsonl", "test": "medqa_edited_test.jsonl"},
-           note="the repository also holds medqa_*_trans.jsonl with another schema; only the edited files are read"),
+           evaluation_splits=("test",),
+           note="test is MedQA's benchmark split: never refined; the repository also holds medqa_*_trans.jsonl "
+                "with another schema; only the edited files are read"),
     Source("medqa_evol_ko", "ChuGyouk/MedQA-Evol-Korean", (DEFAULT_CONFIG,), ("train",),
            ("input", "output"), FEED_MCQ, note="options are lines 'A. ...' inside input; answer is '정답: X' in output"),
     Source("kormedlawqa", "snuh/KorMedLawQA", (DEFAULT_CONFIG,), ("train",),
@@ -192,6 +205,9 @@ def check_registry() -> list[str]:
             problems.append(f"{source.name}: local_files must name a file for every config")
         if source.data_files is not None and set(source.data_files) != set(source.splits):
             problems.append(f"{source.name}: data_files must name a file for every split")
+        unknown = set(source.evaluation_splits) - set(source.splits)
+        if unknown:
+            problems.append(f"{source.name}: evaluation_splits {sorted(unknown)} are not among its splits")
     if len(_BY_NAME) != len(SOURCES):
         problems.append("duplicate source names")
     return problems
@@ -199,5 +215,7 @@ def check_registry() -> list[str]:
 
 if __name__ == "__main__":
     for source in SOURCES:
+        held_out = [split for split in source.splits if source.is_evaluation_split(split)]
         print(f"{source.name:26} {source.feeds:11} {source.origin_label():45} "
-              f"configs={','.join(source.configs)} splits={','.join(source.splits)}")
+              f"configs={','.join(source.configs)} splits={','.join(source.splits)}"
+              + (f" evaluation={','.join(held_out)}" if held_out else ""))

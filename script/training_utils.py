@@ -1730,12 +1730,13 @@ def train_dictionary(description: str, argv: list[str] | None = None, script: st
                      monitor: bool = False) -> dict:
     """train_01: the medical and character dictionaries in the guide's turn format; with ``monitor``,
     also the plain-text perplexity every N steps (train_01_with_00_monitor)."""
-    from script.training_config import CLEAN_DIR, REFINED_DIR
+    from script.training_config import CLEAN_DIR
 
     parser = build_arg_parser(description, epochs=3)
     parser.add_argument("--dictionaries", nargs="+",
-                        default=[str(REFINED_DIR / "01_medical_dict.json"), str(REFINED_DIR / "02_char_dict.json")],
-                        help="dictionary JSON arrays of {\"term\", \"definition\"} (default: %(default)s)")
+                        default=[str(CLEAN_DIR / "01_medical_dict.json"), str(CLEAN_DIR / "02_char_dict.json")],
+                        help="dictionary JSON arrays of {\"term\", \"definition\"}, as the exclusion step leaves "
+                             "them (default: %(default)s)")
     add_steering_args(parser)
     if monitor:
         m = parser.add_argument_group("plain-text forgetting monitor")

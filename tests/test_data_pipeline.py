@@ -130,10 +130,16 @@ def test_refine_and_verify_pass_on_sample(pipeline):
     for type_name in TRAINING_TYPES:
         assert records[type_name], f"no {type_name} records from the sample"
         assert stats["types"][type_name]["kept"] == len(records[type_name])
-    # KorMedMCQA evaluation splits are kept (exclusion is a later step) and tagged
+    # Evaluation splits (KorMedMCQA dev/test/fewshot of every config, MedQA test) never become training
+    # records; they are listed as not refined
     kormed_splits = {r["meta"]["split"] for r in records["type3_word"] if r["source"] == "kormedmcqa"}
-    assert kormed_splits == {"train", "dev", "test", "fewshot"}
+    assert kormed_splits == {"train"}
+    assert {r["meta"]["split"] for r in records["type3_word"] if r["source"] == "medqa"} == {"train"}
     assert not any(r["source"] == "kmmlu" for rs in records.values() for r in rs)
+    not_refined = {Path(p).relative_to(pipeline["raw"] / "by_source").as_posix()
+                   for p in stats["evaluation_inputs_not_refined"]}
+    assert not_refined == {f"kormedmcqa/{c}/{s}.jsonl" for c in ("doctor", "nurse", "pharm", "dentist")
+                           for s in ("dev", "test", "fewshot")} | {"medqa/default/test.jsonl"}
     # MCQ records carry the stem, options and a letter answer
     for record in records["type3_word"]:
         assert record["answer"] in record["options"] and len(record["options"]) in (4, 5)

@@ -17,7 +17,9 @@ from script import exclude_test_from_training as exclude_cli
 from script import extract_kormedmcqa_test as extract_cli
 from script.data_io import DataError, read_jsonl, sha256_file
 from script.kormedmcqa import (
+    AGE_MASK,
     MIN_NEAR_CHARS,
+    SEX_MASK,
     NEAR_THRESHOLD,
     EvaluationIndex,
     ItemSource,
@@ -26,6 +28,7 @@ from script.kormedmcqa import (
     char_ngrams,
     jaccard,
     load_hub_split,
+    mask_demographics,
     normalise_item,
     normalise_text,
     record_question,
@@ -47,7 +50,8 @@ def upstream_row(config: str, split: str, i: int, question: str | None = None, a
         "subject": config, "year": {"train": 2019, "dev": 2021, "test": 2022, "fewshot": 2021}[split],
         "period": 1, "q_number": i + 1,
         "question": question or f"{config} {split} 문항 {serial}: 환자 {i + 11}명의 자료를 보고 가장 적절한 것을 고르시오.",
-        "A": f"선택 {i}-1", "B": f"선택 {i}-2", "C": f"선택 {i}-3", "D": f"선택 {i}-4", "E": f"선택 {i}-5",
+        # Options of their own too: the same option set with the same right answer is one question.
+        **{letter: f"선택 {serial}-{k}" for k, letter in enumerate("ABCDE", 1)},
         "answer": answer, "cot": "",
     }
 
@@ -175,7 +179,9 @@ def test_extract_cli_writes_every_set_and_manifest(raw_dir, tmp_path, capsys):
     captured = capsys.readouterr()
     assert "WARNING: guide604 has 8 items, not 604" in captured.err
     names = sorted(p.name for p in out.glob("*.jsonl"))
-    assert names == ["all_test.jsonl", "guide604.jsonl", "official_test.jsonl", "steer.jsonl"]
+    assert names == ["all_test.jsonl", "guide604.jsonl", "official_test.jsonl", "other_eval.jsonl", "steer.jsonl"]
+    other = read_jsonl(out / "other_eval.jsonl").records  # nurse/pharm/dentist dev + fewshot: never trained on
+    assert {(i["config"], i["split"]) for i in other} == {(c, s) for c in CONFIGS[1:] for s in ("dev", "fewshot")}
     manifest = json.loads((out / "sets.json").read_text(encoding="utf-8"))
     assert manifest["sets"]["guide604"]["per_config_split"] == {"doctor/dev": 3, "doctor/fewshot": 1, "doctor/test": 4}
     for name, info in manifest["sets"].items():
@@ -186,7 +192,8 @@ def test_extract_cli_writes_every_set_and_manifest(raw_dir, tmp_path, capsys):
     assert item["answer"] in "ABCDE" and isinstance(item["options"], dict)
 
 
-@pytest.mark.parametrize("set_name,expected", [("official", 10), ("steer", 5), ("all", 8 + 10 - 4 + 5)])
+@pytest.mark.parametrize("set_name,expected", [("official", 10), ("steer", 5), ("other_eval", 6),
+                                                   ("all", 8 + 10 - 4 + 5 + 6)])
 def test_extract_cli_set_choice(raw_dir, tmp_path, set_name, expected):
     out = tmp_path / "sets"
     assert extract_cli.main(["--raw-dir", str(raw_dir), "--output-dir", str(out), "--set", set_name]) == 0
@@ -274,7 +281,7 @@ def index() -> EvaluationIndex:
     return EvaluationIndex(TEST_ITEMS)
 
 
-CAUGHT = [  # (name, stem, options, method, test id)
+CAUGHT = [  # (name, stem, options, method, test id); the record's right option, where it has one, is below
     ("exact copy", VIGNETTE, VIGNETTE_OPTIONS, "exact", "t/vignette"),
     ("exact stem, no options (free text)", VIGNETTE, None, "exact", "t/vignette"),
     ("short stem, shuffled options", GENERIC, shuffled(GENERIC_OPTIONS), "exact", "t/generic"),
@@ -290,12 +297,21 @@ CAUGHT = [  # (name, stem, options, method, test id)
     ("one syllable deleted", ANEMIA.replace("투여해야", "투여해"), None, "near", "t/anemia"),
     ("one syllable inserted", POTASSIUM.replace("시행해야", "시행하여야"), None, "near", "t/potassium"),
     ("short stem edited, options kept", "다음 중 옳은 것만?", shuffled(GENERIC_OPTIONS), "near", "t/generic"),
+    ("different age and sex", POTASSIUM.replace("60세 여자", "16세 남자"), None, "demographics", "t/potassium"),
+    ("different age, options shuffled", POTASSIUM.replace("60세", "72세"), shuffled(POTASSIUM_OPTIONS),
+     "demographics", "t/potassium"),
+    ("infant age in months", VIGNETTE.replace("65세 남자", "생후 6개월 남아"), None, "demographics", "t/vignette"),
+    ("different age and one syllable", VIGNETTE.replace("65세", "71세").replace("시작된", "시작한"), None,
+     "near", "t/vignette"),
+    ("reworded short stem, same options and answer", "다음 설명 가운데 맞는 것을 고르시오.",
+     shuffled(GENERIC_OPTIONS), "options", "t/generic"),
 ]
+GOLD = {"reworded short stem, same options and answer": GENERIC_OPTIONS["C"]}
 
 
 @pytest.mark.parametrize("name,stem,options,method,test_id", CAUGHT, ids=[c[0] for c in CAUGHT])
 def test_copies_of_test_questions_are_caught(index, name, stem, options, method, test_id):
-    match = index.match(stem, options)
+    match = index.match(stem, options, GOLD.get(name))
     assert match is not None, name
     assert (match.method, match.item_id) == (method, test_id)
     if method == "near":
@@ -316,14 +332,27 @@ KEPT = [  # (name, stem, options) -- similar to a test item but a different ques
     # Hypokalaemia (2.5) vs hyperkalaemia (6.5): one character apart, opposite treatment.
     ("same stem, different lab value", POTASSIUM.replace("2.5", "6.5"), POTASSIUM_OPTIONS),
     ("same stem, different lab value, no options", POTASSIUM.replace("2.5", "6.5"), None),
-    ("different age", POTASSIUM.replace("60세", "16세"), None),
+    ("same options, another right answer", "다음 설명 가운데 맞는 것을 고르시오.", shuffled(GENERIC_OPTIONS)),
+    ("different lab value, same options", POTASSIUM.replace("2.5", "6.5").replace("60세", "16세"), POTASSIUM_OPTIONS),
     ("unrelated question", "소아에서 열성 경련이 처음 발생했을 때 부모에게 설명해야 할 내용으로 옳은 것은?", None),
 ]
 
 
+KEPT_GOLD = {"same options, another right answer": GENERIC_OPTIONS["A"],
+             "different lab value, same options": POTASSIUM_OPTIONS["D"]}
+
+
 @pytest.mark.parametrize("name,stem,options", KEPT, ids=[k[0] for k in KEPT])
 def test_similar_but_different_questions_are_kept(index, name, stem, options):
-    assert index.match(stem, options) is None
+    assert index.match(stem, options, KEPT_GOLD.get(name)) is None
+
+
+def test_demographic_masking_leaves_other_numbers_alone():
+    assert mask_demographics("45세 남자가 내원") == f"{AGE_MASK} {SEX_MASK}가 내원"
+    assert mask_demographics("생후 3주 여아") == f"{AGE_MASK} {SEX_MASK}"
+    assert mask_demographics("A 45-year-old woman") == f"A {AGE_MASK} {SEX_MASK}"
+    for kept in ("임신 32주 산모", "4~6주간의 항생제 치료", "K 2.5 mEq/L", "혈압 140/90 mmHg"):
+        assert mask_demographics(kept) == kept
 
 
 def test_known_limit_stem_only_template_swap_errs_toward_removal(index):
@@ -369,10 +398,10 @@ def chat(user: str, assistant: str = "답") -> list[dict]:
             {"role": "assistant", "content": assistant}]
 
 
-def mcq_record(rid: str, stem: str, options: dict) -> dict:
+def mcq_record(rid: str, stem: str, options: dict, answer: str = "A") -> dict:
     user = stem + "\n" + "\n".join(f"{k}) {v}" for k, v in options.items())
     return {"id": rid, "source": "kormedmcqa", "type": "type3_word", "question": stem, "options": options,
-            "answer": "A", "meta": {"split": "train"}, "messages": chat(user, "A")}
+            "answer": answer, "meta": {"split": "train"}, "messages": chat(user, answer)}
 
 
 @pytest.fixture()
@@ -384,7 +413,7 @@ def tree(tmp_path: Path) -> dict:
         mcq_record("m-exact", VIGNETTE, shuffled(VIGNETTE_OPTIONS)),
         mcq_record("m-keep-generic", GENERIC, {"A": "가", "B": "나", "C": "다", "D": "라", "E": "마"}),
         mcq_record("m-normalised", "다음 중옳은것은?", shuffled(GENERIC_OPTIONS)),
-        mcq_record("m-keep-lab", POTASSIUM.replace("2.5", "6.5"), POTASSIUM_OPTIONS),
+        mcq_record("m-keep-lab", POTASSIUM.replace("2.5", "6.5"), POTASSIUM_OPTIONS, answer="D"),
         mcq_record("m-steer", POTASSIUM, POTASSIUM_OPTIONS),
     ])
     write_jsonl(source / "type3_word" / "validation.jsonl", [mcq_record("v-keep", "완전히 다른 문항 7번", GENERIC_OPTIONS)])
@@ -413,7 +442,8 @@ def test_exclusion_tree_stats_and_rejects(tree):
     for counts in stats["per_file"].values():
         assert counts["total"] == counts["removed"] + counts["kept"]
         assert sum(counts["per_method"].values()) == counts["removed"]
-    assert stats["per_method"] == {"exact": 2, "normalised": 1, "contained": 1, "near": 1}
+    assert stats["per_method"] == {"exact": 2, "normalised": 1, "demographics": 0, "contained": 1, "near": 1,
+                                   "options": 0}
     assert sorted(stats["removed_ids"]) == ["f-contained", "f-near", "m-exact", "m-normalised", "m-steer"]
     by_id = {r["id"]: r for r in stats["removals"]}
     assert by_id["m-steer"]["test_id"] == "t/potassium" and by_id["f-near"]["file"] == "type1_text/train.jsonl"
@@ -456,6 +486,45 @@ def test_bad_test_file_line_is_fatal(tree, tmp_path):
         exclude_cli.exclude(tree["source"], tree["output"], [bad])
 
 
+def test_every_bad_test_line_is_reported_and_nothing_written(tree, tmp_path, capsys):
+    bad = write_jsonl(tmp_path / "bad_tests" / "x.jsonl",
+                      [TEST_ITEMS[0], {"id": "no-question"}, "{not json", {"text": "no item"}, TEST_ITEMS[1]])
+    args = ["--source", str(tree["source"]), "--output", str(tree["output"]), "--test", str(bad)]
+    assert exclude_cli.main(args) == 2
+    err = capsys.readouterr().err
+    for line, reason in ((2, "missing field 'question'"), (3, "invalid JSON"), (4, "neither an extracted item")):
+        assert f"x.jsonl:{line}: {reason}" in err
+    assert "3 line(s) of the evaluation set files are not items" in err
+    rejects = read_jsonl(bad.parent / exclude_cli.TEST_REJECTS_FILE).records
+    assert [r["line"] for r in rejects] == [2, 3, 4]
+    assert not tree["output"].exists()
+
+
+def test_upstream_kormedmcqa_rows_are_test_items(tree, tmp_path):
+    """``--test`` takes a raw upstream split as it is: answer 1-5, options in columns A-E."""
+    row = {"subject": "doctor", "year": 2022, "period": 1, "q_number": 7, "question": VIGNETTE,
+           **VIGNETTE_OPTIONS, "answer": 1, "cot": ""}
+    upstream = write_jsonl(tmp_path / "raw" / "doctor" / "test.jsonl", [row])
+    stats = exclude_cli.exclude(tree["source"], tree["output"], [upstream])
+    by_id = {r["id"]: r for r in stats["removals"]}
+    assert by_id["m-exact"]["test_id"] == "kormedmcqa/doctor/test/2022-1-7"
+    assert by_id["f-near"]["method"] == "near"
+
+
+def test_dictionaries_are_filtered_and_copied(tree):
+    entries = [{"term": "폐렴", "definition": "폐의 감염성 염증이다."},
+               {"term": "복사된 문항", "definition": "문제: " + ANEMIA},
+               {"term": "칼륨", "definition": "세포 안에 많은 양이온이다."}]
+    (tree["source"] / "01_medical_dict.json").write_text(json.dumps(entries, ensure_ascii=False), encoding="utf-8")
+    (tree["source"] / "refine_stats.json").write_text(json.dumps({"not": "a dictionary"}), encoding="utf-8")
+    stats = exclude_cli.exclude(tree["source"], tree["output"], tree["tests"])
+    kept = json.loads((tree["output"] / "01_medical_dict.json").read_text(encoding="utf-8"))
+    assert [e["term"] for e in kept] == ["폐렴", "칼륨"]
+    info = stats["per_file"]["01_medical_dict.json"]
+    assert (info["kind"], info["total"], info["removed"], info["per_method"]["contained"]) == ("dictionary", 3, 1, 1)
+    assert "refine_stats.json" in stats["not_mirrored"] and "01_medical_dict.json" not in stats["not_mirrored"]
+
+
 def test_exclude_cli_main(tree, capsys):
     args = ["--source", str(tree["source"]), "--output", str(tree["output"]), "--test", *map(str, tree["tests"])]
     assert exclude_cli.main(args) == 0
@@ -478,7 +547,8 @@ def test_run_test_exclusion_sh_end_to_end(raw_dir, tmp_path):
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     assert sorted(p.name for p in test_dir.glob("*.jsonl")) == ["all_test.jsonl", "guide604.jsonl",
-                                                                "official_test.jsonl", "steer.jsonl"]
+                                                                "official_test.jsonl", "other_eval.jsonl",
+                                                                "steer.jsonl"]
     stats = json.loads((clean / "test_exclusion_stats.json").read_text(encoding="utf-8"))
     assert stats["summary"] == {"total": 2, "removed": 1, "kept": 1, "rejected": 0, "files": 1}
     assert stats["removed_ids"] == ["copy"]

@@ -28,7 +28,6 @@ from script.training_utils import attach_lora, build_arg_parser, load_model_and_
 
 T1, T2, T3, T4 = formats.TRAINING_TYPES
 OPTIONS = {"A": "폐렴", "B": "천식", "C": "위염", "D": "빈혈", "E": "통풍"}
-GOLD = "D"  # the tiny base never answers D on these questions, so reaching the target means it learned
 
 
 # ---------------------------------------------------------------------------
@@ -43,10 +42,10 @@ def type1_record(i: int) -> dict:
             "messages": formats.type_messages(T1, f"질문 {i}: 당뇨병이란?", "당뇨병은 혈당 조절이 안 되는 병입니다.")}
 
 
-def type3_record(i: int) -> dict:
+def type3_record(i: int, gold: str) -> dict:
     question = mcq_question(i, "외래")
     return {"id": f"t3-{i}", "source": "fixture", "type": T3, "question": question, "options": OPTIONS,
-            "answer": GOLD, "messages": formats.type_messages(T3, formats.format_mcq(question, OPTIONS), GOLD)}
+            "answer": gold, "messages": formats.type_messages(T3, formats.format_mcq(question, OPTIONS), gold)}
 
 
 def set_item(i: int, place: str, answer: str) -> dict:
@@ -55,7 +54,19 @@ def set_item(i: int, place: str, answer: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def fixture_dirs(tmp_path_factory) -> dict[str, Path]:
+def gold_letter(tiny_models) -> str:
+    """A letter the untrained tiny base never answers on the steering questions (D when it can be),
+    so reaching the target means the run learned it -- whatever the base's own letter bias is."""
+    from script.evaluation import load_model_for_eval, score_mcq_letter_mode
+
+    loaded = load_model_for_eval("tiny", device="cpu")
+    predictions = score_mcq_letter_mode(loaded.model, loaded.tokenizer, [set_item(i, "응급실", "A") for i in range(8)])
+    answered = {p["prediction"] for p in predictions}
+    return next(letter for letter in "DCEBA" if letter not in answered)
+
+
+@pytest.fixture(scope="module")
+def fixture_dirs(tmp_path_factory, gold_letter) -> dict[str, Path]:
     """data/<type>/train.jsonl for types 1 and 3 (2 and 4 missing: skipped), and the set files.
 
     The steering set's gold answers agree with type 3; the guide604 set's do not, so a run that
@@ -63,9 +74,10 @@ def fixture_dirs(tmp_path_factory) -> dict[str, Path]:
     """
     root = tmp_path_factory.mktemp("rounds")
     atomic_write_jsonl(root / "data" / T1 / "train.jsonl", [type1_record(i) for i in range(16)])
-    atomic_write_jsonl(root / "data" / T3 / "train.jsonl", [type3_record(i) for i in range(24)])
-    atomic_write_jsonl(root / "sets" / "steer.jsonl", [set_item(i, "응급실", GOLD) for i in range(8)])
-    atomic_write_jsonl(root / "sets" / "guide604.jsonl", [set_item(i, "병동", "B") for i in range(6)])
+    atomic_write_jsonl(root / "data" / T3 / "train.jsonl", [type3_record(i, gold_letter) for i in range(24)])
+    atomic_write_jsonl(root / "sets" / "steer.jsonl", [set_item(i, "응급실", gold_letter) for i in range(8)])
+    other = "B" if gold_letter != "B" else "A"
+    atomic_write_jsonl(root / "sets" / "guide604.jsonl", [set_item(i, "병동", other) for i in range(6)])
     return {"data": root / "data", "sets": root / "sets"}
 
 
@@ -296,7 +308,7 @@ def test_type_cursor_continues_across_rounds_through_seeded_permutations(tmp_pat
 
 def test_optimizer_and_schedule_carry_over_between_rounds(tiny_models, tmp_path):
     run = make_run(tmp_path)
-    records = {T1: [type1_record(i) for i in range(12)], T3: [type3_record(i) for i in range(12)]}
+    records = {T1: [type1_record(i) for i in range(12)], T3: [type3_record(i, "D") for i in range(12)]}
     engine = tiny_engine(run, records, total_steps=8)
     first = engine.train_steps(T1, 2)
     optimizer, scheduler = engine.optimizer, engine.scheduler
@@ -325,7 +337,7 @@ def test_optimizer_and_schedule_carry_over_between_rounds(tiny_models, tmp_path)
 
 def test_save_and_load_round_then_continue_equals_an_uninterrupted_run(tiny_models, tmp_path):
     run = make_run(tmp_path)
-    records = {T1: [type1_record(i) for i in range(12)], T3: [type3_record(i) for i in range(12)]}
+    records = {T1: [type1_record(i) for i in range(12)], T3: [type3_record(i, "D") for i in range(12)]}
     plan = [(T1, 2), (T3, 2), (T1, 2)]
 
     straight = tiny_engine(run, records)

@@ -251,6 +251,72 @@ def test_dictionaries() -> None:
     assert {"↑", "↓", "±", "≥", "≤", "℃", "♂", "♀"} <= {r["term"] for r in chars}
 
 
+# --------------------------------------------------------------------------- held-out knowledge
+
+def _generator_records() -> tuple[dict[str, set], dict[str, set], set]:
+    """(evaluation tuples per set, MCQ-shaped training tuples per source, steering tuples), each a
+    (condition, kind, gold) tuple from the generator's own provenance records; the steering rows
+    are the ones the toolkit's own steering draw takes from the shipped files."""
+    from script.kormedmcqa import ItemSource, build_sets
+    from script.sources import SOURCES
+
+    datasets = {d.hub_id: d for d in make_sample_data.build_datasets(0)}
+    as_tuple = lambda p: (p["condition"], p["kind"], p["gold"])  # noqa: E731
+    kmm = datasets["sean0042/KorMedMCQA"].provenance
+    steer_items = build_sets(ItemSource(from_dir=SAMPLE))["steer"]
+    steer_rows = {(i["config"], i["meta"]["row"]) for i in steer_items}
+    steering = {as_tuple(kmm[(config, "train")][row]) for config, row in steer_rows}
+    assert len(steering) > 0 and len(steer_rows) == len(steer_items)
+    evaluation: dict[str, set] = {}
+    training: dict[str, set] = {}
+    registry = {s.hub_id: s for s in SOURCES if s.hub_id}
+    for hub_id, dataset in datasets.items():
+        for (config, split), rows in dataset.provenance.items():
+            source = registry[hub_id]
+            if source.is_evaluation_split(split):
+                evaluation.setdefault(f"{hub_id}/{split}", set()).update(as_tuple(p) for p in rows if p)
+                continue
+            train_rows = [p for row, p in enumerate(rows) if p and (hub_id != "sean0042/KorMedMCQA"
+                                                                    or (config, row) not in steer_rows)]
+            training.setdefault(hub_id, set()).update(as_tuple(p) for p in train_rows)
+    return evaluation, training, steering
+
+
+def test_evaluation_knowledge_is_held_out_of_every_mcq_training_source() -> None:
+    """No (condition, question kind, gold) of an evaluation set or of the steering set is asked by an
+    MCQ-shaped training row, and not even the conditions are shared: held-out facts are text-only."""
+    evaluation, training, steering = _generator_records()
+    assert {"sean0042/KorMedMCQA/dev", "sean0042/KorMedMCQA/test", "sean0042/KorMedMCQA/fewshot",
+            "HAERAE-HUB/KMMLU/test", "ChuGyouk/MedQA/test"} <= set(evaluation)
+    assert {"sean0042/KorMedMCQA", "ChuGyouk/MedQA", "ChuGyouk/MedQA-Evol-Korean", "snuh/KorMedLawQA",
+            "ChuGyouk/KorMedConceptsQA", "ChuGyouk/medical-o1-reasoning-SFT-Ko", "ChuGyouk/ChainofDiagnosis-Ko"} \
+        <= set(training)
+    trained = set().union(*training.values())
+    trained_conditions = {t[0] for t in trained}
+    for name, tuples in evaluation.items():
+        if name == "ChuGyouk/MedQA/test":
+            continue  # MedQA's own benchmark split: never refined, asks about train conditions
+        assert not tuples & trained, name
+        assert not {t[0] for t in tuples} & trained_conditions, name
+        assert not {t[0] for t in tuples} & {t[0] for t in steering}, f"{name} shares conditions with steering"
+    assert not steering & trained and not {t[0] for t in steering} & trained_conditions
+
+
+def test_held_out_facts_are_in_the_text_sources() -> None:
+    """What the evaluation asks about can be learnt from text: every fact of every held-out condition
+    is in the plain-text corpora and in the medical dictionary."""
+    from script.sample_knowledge import GROUP_EVAL, GROUP_STEER, conditions_in
+
+    plain = "\n".join(_source_text(h, ["text"]) for h in ["allenai/c4", "heegyu/namuwiki", "wikimedia/wikipedia"])
+    dictionary = "\n".join(r["definition"] for r in
+                           read_jsonl(SAMPLE / "local" / "01_medical_dict" / "korean_medical_dict.jsonl"))
+    held_out = conditions_in(GROUP_EVAL, GROUP_STEER)
+    assert len(held_out) >= 60
+    for c in held_out:
+        for fact in (c.ko, c.key_test, c.treatment, *c.symptoms):
+            assert fact in plain and fact in dictionary, f"{c.id}: {fact!r}"
+
+
 # --------------------------------------------------------------------------- generator and table
 
 def test_generator_is_deterministic_and_data_is_current(tmp_path: Path) -> None:
