@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
-from script.data_io import DataError, Reject, iter_jsonl, read_json, sha256_file
+from script.data_io import DataError, Reject, iter_jsonl, load_local_dataset, read_json, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -299,6 +299,10 @@ def score_mcq_cloze_mode(model, tokenizer, items: Sequence[dict], batch_size: in
     (binding a letter to its option is a skill that appears with scale), yet show their knowledge
     in this form; so it is the measure for the embedded tiny model, reported beside letter mode.
     ``letter_logprobs`` are the option scores normalised over the item's options.
+
+    Long options collect more negative log-probability, so the harness also reports ``acc_norm``:
+    each option's log-probability divided by its length in characters. Both come back per item:
+    ``prediction``/``correct`` (``acc``) and ``prediction_norm``/``correct_norm`` (``acc_norm``).
     """
     import torch
 
@@ -341,8 +345,10 @@ def score_mcq_cloze_mode(model, tokenizer, items: Sequence[dict], batch_size: in
         letters = list(option_scores)
         normalised = torch.log_softmax(torch.tensor([option_scores[x] for x in letters]), dim=-1).tolist()
         prediction = max(letters, key=lambda x: option_scores[x])
+        prediction_norm = max(letters, key=lambda x: option_scores[x] / max(1, len(str(item["options"][x]))))
         results.append({"id": item.get("id"), "prediction": prediction, "gold": item["answer"],
                         "correct": prediction == item["answer"],
+                        "prediction_norm": prediction_norm, "correct_norm": prediction_norm == item["answer"],
                         "letter_logprobs": dict(zip(letters, (round(x, 5) for x in normalised))),
                         "option_logprobs": {x: round(option_scores[x], 4) for x in letters}})
     return results
@@ -770,12 +776,10 @@ def read_kmmlu(raw_dir: str | Path | None = None, from_dir: str | Path | None = 
     rejects: list[Reject] = []
     files: list[dict] = []
     if from_dir is not None:
-        import datasets  # heavy: only when a mirror is read
-
         hub_dir = resolve_kmmlu_hub_dir(from_dir)
         for subject in subjects:
             try:
-                rows = datasets.load_dataset(str(hub_dir), subject, split=split)
+                rows = load_local_dataset(hub_dir, subject, split=split)
             except Exception as exc:  # datasets raises many types; all mean "not there"
                 raise DataError(f"{hub_dir} [{subject}/{split}]: cannot load ({type(exc).__name__}: {exc})") from exc
             where = f"{hub_dir}/{subject}/{split}"

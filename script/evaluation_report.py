@@ -12,7 +12,16 @@ whether a difference is more than noise:
   guessing (the chance rate is the report's own, 1/number of options averaged over its items);
 * **vs the first report** (paired, when both scored the same items): the exact two-sided sign test
   on the items where exactly one of the two models is right (McNemar's test without the normal
-  approximation). Items are matched by id.
+  approximation), and the same difference with a 95 % bootstrap CI and sign-flip p-value clustered
+  by the items' ``cluster`` (items sharing their right answer's text; script/controls.py). Items
+  are matched by id;
+* **vs the question-blind control** (the report's ``controls`` block: the same model, scored the
+  same way, with the questions swapped between items): how far each model is above what it gets
+  from the options alone, clustered; and, for the second report, the difference of differences
+  ``(final - its control) - (base - its control)``: a gain that lifts the control as much as the
+  model (the model learnt which option texts look like answers, not the questions) nets out there.
+  The headline line of each model says it in words: "above its question-blind control by X points
+  (95 % CI a to b)". The majority-letter baseline (the best constant answer) stands beside them.
 
 The markdown goes to stdout and ``--output`` (atomic write), the same numbers as JSON beside it.
 Exit status 2 when a report cannot be read; reports of different item sets are compared unpaired,
@@ -53,6 +62,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from script import controls
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text, read_json
 
 
@@ -105,8 +115,41 @@ def describe(report: dict) -> str:
     return f"{report.get('mode', '?')}/{prompt}"
 
 
+def _controls_of(report: Mapping) -> dict | None:
+    """The report's control numbers compare() carries (None for reports written before controls)."""
+    block = report.get("controls")
+    if not isinstance(block, Mapping):
+        return None
+    blind = block.get("question_blind") or None
+    majority = block.get("majority_letter") or {}
+    return {"clusters": block.get("clusters"),
+            "accuracy_ci95": (block.get("accuracy") or {}).get("ci95"),
+            "majority_letter": {"letter": majority.get("letter"), "accuracy": majority.get("accuracy")},
+            "question_blind": {k: blind.get(k) for k in ("how", "accuracy", "correct", "total", "ci95")} if blind else None,
+            "vs_question_blind": block.get("vs_question_blind"),
+            "acc_norm": (block.get("accuracy_norm") or {}).get("accuracy"),
+            "vs_question_blind_norm": block.get("vs_question_blind_norm")}
+
+
+def _paired_vs_first(first: Mapping, report: Mapping) -> dict:
+    """Clustered base->this difference on the shared items and, when both ran the question-blind
+    control, the difference of differences (each model's lead over its own control)."""
+    first_rows = {row["id"]: row for row in first["items"]}
+    rows = [(first_rows[row["id"]], row) for row in report["items"] if row["id"] in first_rows]
+    if not rows:
+        return {}
+    clusters = [str(b.get("cluster") or a.get("cluster") or b["id"]) for a, b in rows]
+    out = {"clustered": controls.paired_difference([bool(b["correct"]) for _, b in rows],
+                                                   [bool(a["correct"]) for a, _ in rows], clusters)}
+    if all("control_correct" in a and "control_correct" in b for a, b in rows):
+        out["beyond_control"] = controls.difference_of_differences(
+            [bool(b["correct"]) for _, b in rows], [bool(b["control_correct"]) for _, b in rows],
+            [bool(a["correct"]) for a, _ in rows], [bool(a["control_correct"]) for a, _ in rows], clusters)
+    return out
+
+
 def compare(reports: Sequence[dict], names: Sequence[str]) -> dict:
-    """Rows per subset (overall, then subjects) with each report's accuracy and the two tests."""
+    """Rows per subset (overall, then subjects) with each report's accuracy, its controls and the tests."""
     first = reports[0]
     first_items = {row["id"]: bool(row["correct"]) for row in first["items"]}
     columns = []
@@ -123,6 +166,7 @@ def compare(reports: Sequence[dict], names: Sequence[str]) -> dict:
             "chance": report["chance"],
             "p_vs_chance": binomial_tail_at_least(report["correct"], report["total"], report["chance"]),
             "per_subject": report.get("per_subject", {}),
+            "controls": _controls_of(report),
         }
         if report is not first:
             shared = set(items) & set(first_items)
@@ -136,6 +180,7 @@ def compare(reports: Sequence[dict], names: Sequence[str]) -> dict:
                 "only_this_right": wins,
                 "only_first_right": losses,
                 "p_sign_test": sign_test_two_sided(wins, losses) if shared else None,
+                **_paired_vs_first(first, report),
             }
         columns.append(column)
     subjects = sorted({s for c in columns for s in c["per_subject"]})
@@ -150,6 +195,29 @@ def _p(value: float | None) -> str:
     if value is None:
         return "-"
     return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
+def _ci(versus: Mapping) -> str:
+    low, high = versus["ci95_points"]
+    return f"{versus['delta_points']:+.1f} ({low:+.1f} to {high:+.1f})"
+
+
+def control_sentence(column: Mapping, first_name: str | None = None) -> str:
+    """One model's accuracy in words, against its controls (and the first model, beyond its control)."""
+    text = f"{column['name']} {_pct(column['accuracy'])} ({column['correct']}/{column['total']})"
+    found = column.get("controls")
+    if not found:
+        return text + f"; chance {_pct(column['chance'])} (report has no controls: re-run validation_kor_med_test)"
+    text += " — " + controls.vs_control_text(found.get("vs_question_blind"))
+    majority = found.get("majority_letter") or {}
+    if majority.get("letter"):
+        text += f"; majority letter {majority['letter']} {_pct(majority['accuracy'])}; chance {_pct(column['chance'])}"
+    beyond = (column.get("vs_first") or {}).get("beyond_control")
+    if beyond and first_name:
+        text += (f"; its lead over the control is {beyond['delta_points']:+.1f} points vs {first_name}'s "
+                 f"(95 % CI {beyond['ci95_points'][0]:+.1f} to {beyond['ci95_points'][1]:+.1f}, "
+                 f"p {controls.format_p(beyond.get('p_two_sided'))})")
+    return text
 
 
 def markdown(summary: dict) -> str:
@@ -176,6 +244,29 @@ def markdown(summary: dict) -> str:
         else:
             delta, p_pair = "-", "-"
         lines.append(f"| {c['name']} | {above} | {_p(c['p_vs_chance'])} | {delta} | {p_pair} |")
+    with_controls = [c for c in columns if c.get("controls")]
+    if with_controls:
+        lines += ["", "Controls (points with 95 % CIs clustered over items sharing their right answer; "
+                      "question-blind = the same model with the questions swapped between items):", "",
+                  "| model | accuracy (95 % CI) | majority letter | question-blind | vs question-blind, points | p "
+                  f"| vs {columns[0]['name']}, clustered | beyond the control vs {columns[0]['name']} | p |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for c in with_controls:
+            found = c["controls"]
+            ci = found.get("accuracy_ci95") or [None, None]
+            blind, versus = found.get("question_blind"), found.get("vs_question_blind")
+            paired = c.get("vs_first") or {}
+            clustered, beyond = paired.get("clustered"), paired.get("beyond_control")
+            majority = found.get("majority_letter") or {}
+            lines.append("| " + " | ".join([
+                c["name"], f"{_pct(c['accuracy'])} ({_pct(ci[0])}–{_pct(ci[1])})",
+                f"{majority.get('letter')} {_pct(majority.get('accuracy'))}" if majority.get("letter") else "-",
+                f"{_pct(blind['accuracy'])} ({blind['how']})" if blind else "not run",
+                _ci(versus) if versus else "-", controls.format_p(versus.get("p_two_sided")) if versus else "-",
+                _ci(clustered) if clustered else "-", _ci(beyond) if beyond else "-",
+                controls.format_p(beyond.get("p_two_sided")) if beyond else "-"]) + " |")
+        lines += [""] + [f"- {control_sentence(c, columns[0]['name'] if c is not columns[0] else None)}"
+                         for c in columns]
     return "\n".join(lines) + "\n"
 
 
@@ -196,27 +287,40 @@ def _num(value, digits: int = 4) -> str:
     return str(value)
 
 
+def _evaluation_headline(title: str, comparison: Mapping) -> dict:
+    """The last model of a comparison against its controls and against the first model."""
+    last, first = comparison["columns"][-1], comparison["columns"][0]
+    found = last.get("controls") or {}
+    if found:
+        parts = [f"{controls.vs_control_text(found.get('vs_question_blind'))}"]
+        majority = found.get("majority_letter") or {}
+        if majority.get("letter"):
+            parts.append(f"majority letter {majority['letter']} {_pct(majority['accuracy'])}")
+    else:
+        parts = ["no controls in the report (re-run validation_kor_med_test)"]
+    parts.append(f"chance {_pct(last['chance'])}, p {_p(last['p_vs_chance'])} (vs chance)")
+    versus = last.get("vs_first")
+    if versus:
+        text = f"{first['name']} {_pct(first['accuracy'])}"
+        clustered, beyond = versus.get("clustered"), versus.get("beyond_control")
+        if clustered:
+            text += f" ({_ci(clustered)} points, p {controls.format_p(clustered.get('p_two_sided'))}"
+            if beyond:
+                text += f"; beyond the control {_ci(beyond)}, p {controls.format_p(beyond.get('p_two_sided'))}"
+            text += ")"
+        parts.append(text)
+    return {"measure": f"{title}: {last['name']}", "result": f"{_pct(last['accuracy'])} ({last['correct']}/{last['total']})",
+            "reference": "; ".join(parts)}
+
+
 def headline(sections: Mapping[str, dict]) -> list[dict]:
     """The few numbers a reader looks for first, one row each."""
     rows = []
-    for key in ("kormedmcqa", "kmmlu"):
-        comparison = sections[key].get("comparison")
-        if not comparison:
-            continue
-        last = comparison["columns"][-1]
-        reference = f"chance {_pct(last['chance'])}, p {_p(last['p_vs_chance'])} (vs chance)"
-        if "vs_first" in last:
-            reference += f"; {comparison['columns'][0]['name']} {_pct(comparison['columns'][0]['accuracy'])}"
-        rows.append({"measure": f"{sections[key]['title']}: {last['name']}",
-                     "result": f"{_pct(last['accuracy'])} ({last['correct']}/{last['total']})", "reference": reference})
-    cloze = sections["kormedmcqa"].get("cloze") or {}  # the pipeline's cloze-form pair, when there is one
-    if "final" in cloze:
-        final = cloze["final"]
-        reference = f"chance {_pct(final['chance'])}, p {_p(final['p_vs_chance'])} (vs chance)"
-        if "base" in cloze:
-            reference += f"; base {_pct(cloze['base']['accuracy'])}"
-        rows.append({"measure": f"{sections['kormedmcqa']['title']}, cloze form: final",
-                     "result": f"{_pct(final['accuracy'])} ({final['correct']}/{final['total']})", "reference": reference})
+    for key, part, suffix in (("kormedmcqa", "comparison", ""), ("kmmlu", "comparison", ""),
+                              ("kormedmcqa", "cloze_comparison", ", cloze form")):
+        comparison = sections[key].get(part)
+        if comparison:
+            rows.append(_evaluation_headline(f"{sections[key]['title']}{suffix}", comparison))
     for row in sections["type_metrics"]["types"]:
         if row["status"] == "ok":
             met = "-" if row["met"] is None else ("met" if row["met"] else "not met")
@@ -259,6 +363,9 @@ def _evaluation_md(section: dict, plot: str | None) -> list[str]:
         lines += [f"Reports: {', '.join(section['comparison']['reports'])}", ""]
     if plot:
         lines += [f"![per-subject accuracy]({plot})", ""]
+    if section.get("cloze_comparison"):
+        lines += ["Cloze form (each option's text scored as the answer to the question alone):", "",
+                  markdown(section["cloze_comparison"]).rstrip(), ""]
     if section["other_reports"]:
         lines += ["Other evaluations of this model (the pipeline's cloze form, logs/eval/):", ""]
         lines += _table(("file", "set", "scoring", "model", "accuracy", "chance", "p vs chance"),

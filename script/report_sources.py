@@ -226,6 +226,13 @@ def gather_evaluation(src: Sources, dataset: str) -> dict:
     by_file = {row["file"]: row for row in section["other_reports"]}
     section["cloze"] = {role: by_file[str(src.eval_report(dataset, f"{role}_cloze"))]
                         for role in EVAL_ROLES if str(src.eval_report(dataset, f"{role}_cloze")) in by_file}
+    cloze_paths = [src.eval_report(dataset, f"{role}_cloze") for role in section["cloze"]]
+    if cloze_paths:  # compared like the pair above: controls, clustered differences
+        try:
+            section["cloze_comparison"] = compare([load_report(p) for p in cloze_paths], list(section["cloze"]))
+            section["cloze_comparison"]["reports"] = [str(p) for p in cloze_paths]
+        except DataError as exc:
+            section["errors"].append(str(exc))
     return settle(section, len(reports), len(EVAL_ROLES))
 
 

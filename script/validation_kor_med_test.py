@@ -49,6 +49,16 @@ Model: ``--model`` is a registry name, a model dir or an adapter dir (loaded on 
 adapter_config.json names). ``--adapter`` (repeatable) applies adapters in order: all but the last
 are merged into the weights, the last stays a PEFT adapter (same function as stacking them).
 
+Controls (``--control``, default ``swap``): an accuracy is read against what needs no question.
+The report's ``controls`` block carries chance, the majority-letter baseline (the best constant
+answer on the set -- the bar for letter mode), and a question-blind run of the same model scored
+the same way: every item's question swapped for another item's (``swap``; never one about the same
+fact) or removed (``blank``); options and answers untouched. What the model gets right there it got
+from the options alone. ``vs_question_blind`` is the paired, per-item difference with a 95 %
+bootstrap CI and a sign-flip p-value, both clustered: items whose right option has the same text
+are one cluster (script/controls.py). ``--control none`` skips the extra scoring pass. Cloze mode
+reports lm-eval's ``acc`` and its length-normalised ``acc_norm`` side by side.
+
 Output: a JSON report (atomic write; default logs/eval/<set>_<model>_<mode>.json) with every
 item's prediction, a PNG bar chart beside it (per-subject accuracy, dashed chance lines) and a
 markdown table on stdout. Exit status 0 on success, 1 when no item could be evaluated, 2 on a
@@ -67,7 +77,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from script import formats
+from script import controls, formats
 from script.data_io import DataError, atomic_open, atomic_write_json
 from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -124,12 +134,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None, help="default 16 (letter) / 8 (generate)")
     parser.add_argument("--eval-samples", type=int, default=None, metavar="N",
                         help="evaluate a seeded subset of N items (the same N gives the same items)")
-    parser.add_argument("--seed", type=int, default=DEFAULT_SUBSET_SEED, help="seed of the subset draw")
+    parser.add_argument("--seed", type=int, default=DEFAULT_SUBSET_SEED, help="seed of the subset draw, the control's question swap and the bootstrap (default %(default)s)")
     parser.add_argument("--output", type=Path, default=None, help="report JSON (default logs/eval/<set>_<model>_<mode>.json)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--quantization", choices=("none", "8bit", "4bit"), default="none",
                         help="load the base in 8/4 bit (bitsandbytes) to fit a small card (default none)")
     parser.add_argument("--attn", choices=("eager", "sdpa"), default="eager", help="attention implementation")
+    parser.add_argument("--control", choices=controls.CONTROL_HOWS, default=controls.DEFAULT_CONTROL,
+                        help="question-blind control scored beside the model: swap each question for another "
+                             "item's, blank it, or none (default %(default)s)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
     add_pickle_weights_flag(parser)
     args = parser.parse_args(argv)
@@ -184,20 +197,35 @@ def default_output(set_name: str, model_info: dict, mode: str, prompt: str) -> P
     return LOG_DIR / "eval" / f"{slug(set_name)}_{model_tag(model_info)}_{mode}{suffix}.json"
 
 
-def item_row(item: dict, prediction: dict) -> dict:
-    row = {"id": item["id"], "subject": item.get("config"), "prediction": prediction["prediction"],
-           "gold": prediction["gold"], "correct": bool(prediction["correct"])}
-    for key in ("letter_logprobs", "verdict_log_odds", "raw_output", "reasoning_closed", "stopped", "new_tokens"):
+def item_row(item: dict, prediction: dict, control: dict | None = None, control_item: dict | None = None) -> dict:
+    row = {"id": item["id"], "subject": item.get("config"), "cluster": controls.cluster_key(item),
+           "prediction": prediction["prediction"], "gold": prediction["gold"], "correct": bool(prediction["correct"])}
+    for key in ("prediction_norm", "correct_norm", "letter_logprobs", "verdict_log_odds", "raw_output",
+                "reasoning_closed", "stopped", "new_tokens"):
         if key in prediction:
             row[key] = prediction[key]
+    if control is not None:
+        row["control_prediction"] = control["prediction"]
+        row["control_correct"] = bool(control["correct"])
+        if "correct_norm" in control:
+            row["control_correct_norm"] = bool(control["correct_norm"])
+        if control_item is not None:
+            row["control_question_from"] = control_item.get("control_question_from")
     return row
 
 
 def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], predictions: list[dict],
-                 model_info: dict, prompt_example: str, timing: dict) -> dict:
+                 model_info: dict, prompt_example: str, timing: dict,
+                 control_items: list[dict] | None = None, control_predictions: list[dict] | None = None) -> dict:
     from script.training_utils import git_sha, library_versions
 
     summary = mcq_accuracy(items, predictions)
+    block = controls.controls_block(items, predictions, control_predictions, args.control, args.seed)
+    if control_predictions is not None:
+        control_summary = mcq_accuracy(control_items, control_predictions)
+        block["question_blind"]["per_subject"] = {name: {k: row[k] for k in ("accuracy", "correct", "total")}
+                                                  for name, row in control_summary["per_subject"].items()}
+    norm = block.get("accuracy_norm")
     single = evalset.files[0] if len(evalset.files) == 1 else None
     return {
         "report_version": REPORT_VERSION,
@@ -232,6 +260,10 @@ def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], 
         "total": summary["total"],
         "chance": round(summary["chance"], 6),
         "chance_pct": round(100 * summary["chance"], 2),
+        "accuracy_ci95": [round(x, 6) for x in block["accuracy"]["ci95"]],
+        "acc_norm": norm["accuracy"] if norm else None,
+        "acc_norm_pct": round(100 * norm["accuracy"], 2) if norm else None,
+        "controls": block,
         "unparseable": summary["unparseable"],
         "reasoning_unclosed": sum(1 for p in predictions if p.get("reasoning_closed") is False),
         "avg_loss": summary["avg_loss"],
@@ -239,7 +271,9 @@ def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], 
         "per_division": summary["per_division"],
         "timing": timing,
         "skipped": [{"where": f"{r.path}:{r.line}", "reason": r.reason} for r in evalset.rejects],
-        "items": [item_row(item, pred) for item, pred in zip(items, predictions)],
+        "items": [item_row(item, pred, control_predictions[k] if control_predictions else None,
+                           control_items[k] if control_items else None)
+                  for k, (item, pred) in enumerate(zip(items, predictions))],
     }
 
 
@@ -254,10 +288,40 @@ def _table_row(name: str, row: dict, with_loss: bool = False) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def controls_lines(report: dict) -> list[str]:
+    """The accuracy read against its controls, in a few lines (see script/controls.py)."""
+    block = report.get("controls")
+    if not block:
+        return []
+    low, high = block["accuracy"]["ci95"]
+    majority = block["majority_letter"]
+    lines = [f"- accuracy {_pct(report['accuracy'])} (95 % CI {_pct(low)}–{_pct(high)}, clustered over "
+             f"{block['clusters']} clusters of items sharing their right answer)",
+             f"- chance {_pct(block['chance'])}; majority letter {majority['letter']} {_pct(majority['accuracy'])} "
+             f"(the best constant answer on this set)"]
+    blind = block.get("question_blind")
+    if blind:
+        lines.append(f"- question-blind control ({blind['how']}: same model, same scoring, questions "
+                     f"{'swapped between items' if blind['how'] == 'swap' else 'removed'}): {_pct(blind['accuracy'])} "
+                     f"({blind['correct']}/{blind['total']})")
+        lines.append(f"- the model is {controls.vs_control_text(block['vs_question_blind'])}")
+    else:
+        lines.append("- no question-blind control run (--control none)")
+    if "accuracy_norm" in block:
+        text = f"- acc_norm (log-probability per character): {_pct(block['accuracy_norm']['accuracy'])}"
+        if block.get("vs_question_blind_norm"):
+            text += (f"; control {_pct(blind['norm']['accuracy'])}; "
+                     f"{controls.vs_control_text(block['vs_question_blind_norm'], 'the control')}")
+        lines.append(text)
+    return lines
+
+
 def markdown_table(report: dict) -> str:
-    """Overall and per-subject accuracy with the chance baseline beside each number."""
+    """Overall and per-subject accuracy with the chance baseline beside each number, then the controls."""
     lines = ["| subset | accuracy | chance | correct/total |", "|---|---|---|---|", _table_row("overall", report)]
     lines += [_table_row(name, row) for name, row in report["per_subject"].items()]
+    if report.get("controls"):
+        lines += ["", *controls_lines(report)]
     if report["per_division"]:  # the guide's division table: count, accuracy, average loss
         lines += ["", "| division | accuracy | chance | correct/total | avg loss |", "|---|---|---|---|---|"]
         lines += [_table_row(name, row, with_loss=True) for name, row in report["per_division"].items()]
@@ -273,6 +337,9 @@ def plot_report(report: dict, path: Path) -> Path:
 
     rows = [("overall", report["accuracy"], report["chance"], report["correct"], report["total"])]
     rows += [(name, r["accuracy"], r["chance"], r["correct"], r["total"]) for name, r in report["per_subject"].items()]
+    blind = (report.get("controls") or {}).get("question_blind")
+    blind_rates = [blind["accuracy"], *(blind["per_subject"].get(name, {}).get("accuracy")
+                                        for name in report["per_subject"])] if blind else []
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(rows) + 2), 4.2))
     positions = list(range(len(rows)))
     colors = ["#4c72b0" if k else "#2f4b7c" for k in positions]
@@ -280,6 +347,9 @@ def plot_report(report: dict, path: Path) -> Path:
     for k, (_, acc, chance, correct, total) in enumerate(rows):
         ax.hlines(100 * chance, k - 0.4, k + 0.4, colors="#c44e52", linestyles="dashed",
                   label="chance" if k == 0 else None)
+        if blind_rates and blind_rates[k] is not None:
+            ax.hlines(100 * blind_rates[k], k - 0.4, k + 0.4, colors="#dd8452", linestyles="dotted", linewidth=2,
+                      label=f"question-blind ({blind['how']})" if k == 0 else None)
         ax.text(k, 100 * acc + 1.5, f"{100 * acc:.1f}%\n{correct}/{total}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(positions, [r[0] for r in rows])
     ax.set_ylim(0, 110)
@@ -358,9 +428,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     predictions = score(args, loaded, items)
     seconds = time.perf_counter() - started
+    control_items = control_predictions = None
+    control_seconds = 0.0
+    if args.control != "none":
+        started = time.perf_counter()
+        control_items = controls.question_blind_items(items, args.control, args.seed)
+        control_predictions = score(args, loaded, control_items)
+        control_seconds = time.perf_counter() - started
     timing = {"load_seconds": round(load_seconds, 3), "seconds": round(seconds, 3),
-              "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None}
-    report = build_report(args, evalset, items, predictions, loaded.info, example, timing)
+              "items_per_second": round(len(items) / seconds, 3) if seconds > 0 else None,
+              "control_seconds": round(control_seconds, 3)}
+    report = build_report(args, evalset, items, predictions, loaded.info, example, timing,
+                          control_items, control_predictions)
     output = args.output or default_output(evalset.name, loaded.info, args.mode, args.prompt)
     atomic_write_json(output, report)
     chart = plot_report(report, output.with_suffix(".png"))
@@ -376,7 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"unparseable: {report['unparseable']}/{report['total']} (counted wrong; raw outputs in the report)")
     if evalset.rejects:
         print(f"skipped: {len(evalset.rejects)} bad rows (not evaluated; see the report)")
-    print(f"time: {seconds:.1f} s, {timing['items_per_second']} items/s (model load {load_seconds:.1f} s)")
+    print(f"time: {seconds:.1f} s, {timing['items_per_second']} items/s (model load {load_seconds:.1f} s"
+          + (f", question-blind control {control_seconds:.1f} s)" if control_predictions else ")"))
     print(f"report: {output}\nchart: {chart}")
     return 0
 

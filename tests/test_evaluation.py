@@ -518,10 +518,53 @@ def test_cli_letter_mode_writes_report_chart_and_table(tiny_models, tmp_path, sa
     assert report["skipped"][0]["where"] == f"{path}:2"
     assert report["prompt"]["template"].startswith("<bos><start_of_turn>user\n" + formats.SYSTEM_PROMPTS["type3_word"])
     assert sum(row["total"] for row in report["per_subject"].values()) == 20
+    # the controls: majority letter, a question-blind run of the same model, the paired difference
+    block = report["controls"]
+    blind = block["question_blind"]
+    assert blind["how"] == "swap" and blind["total"] == 20
+    assert blind["correct"] == sum(row["control_correct"] for row in report["items"])
+    assert all(row["control_question_from"] not in (None, row["id"]) for row in report["items"])
+    assert block["vs_question_blind"]["delta_points"] == pytest.approx(
+        100 * (report["accuracy"] - blind["accuracy"]), abs=0.01)
+    golds = [row["gold"] for row in report["items"]]
+    assert block["majority_letter"]["correct"] == max(golds.count(x) for x in set(golds))
+    low, high = report["accuracy_ci95"]
+    assert low <= report["accuracy"] <= high
+    assert "question-blind control (swap" in stdout and "majority letter" in stdout
     again = tmp_path / "again.json"
     cli.main(["--model", str(tiny_models["tiny"]), "--data", str(path), "--eval-samples", "20",
               "--output", str(again), "--device", "cpu"])
     assert [r["id"] for r in json.loads(again.read_text())["items"]] == [r["id"] for r in report["items"]]
+
+
+def test_cloze_reports_acc_and_length_normalised_acc_norm(loaded, sample_items):
+    predictions = ev.score_mcq_cloze_mode(loaded.model, loaded.tokenizer, sample_items[:8])
+    for item, prediction in zip(sample_items, predictions):
+        scores = prediction["option_logprobs"]
+        assert prediction["prediction"] == max(scores, key=scores.get)
+        per_char = {x: scores[x] / len(item["options"][x]) for x in scores}
+        assert prediction["prediction_norm"] == max(per_char, key=per_char.get)
+        assert prediction["correct_norm"] == (prediction["prediction_norm"] == item["answer"])
+
+
+def test_cli_cloze_blank_control_and_no_control(tiny_models, tmp_path, sample_items):
+    from script import validation_kor_med_test as cli
+
+    data = tmp_path / "items.jsonl"
+    atomic_write_jsonl(data, sample_items)
+    output = tmp_path / "cloze.json"
+    assert cli.main(["--model", str(tiny_models["tiny"]), "--data", str(data), "--mode", "cloze", "--control", "blank",
+                     "--eval-samples", "6", "--output", str(output), "--device", "cpu"]) == 0
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert report["controls"]["question_blind"]["how"] == "blank"
+    assert report["acc_norm"] == sum(row["correct_norm"] for row in report["items"]) / 6
+    assert report["controls"]["question_blind"]["norm"]["total"] == 6 and "vs_question_blind_norm" in report["controls"]
+    none = tmp_path / "none.json"
+    assert cli.main(["--model", str(tiny_models["tiny"]), "--data", str(data), "--control", "none",
+                     "--eval-samples", "6", "--output", str(none), "--device", "cpu"]) == 0
+    plain = json.loads(none.read_text(encoding="utf-8"))
+    assert plain["controls"]["question_blind"] is None and plain["controls"]["majority_letter"]["total"] == 6
+    assert "control_correct" not in plain["items"][0]
 
 
 def test_cli_generate_mode_accounts_for_unparseable_outputs(tiny_models, tmp_path, sample_items, capsys):

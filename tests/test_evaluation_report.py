@@ -42,6 +42,43 @@ def fake_report(correct_ids, n=10, name="m", subjects=("doctor",), chance=0.2, d
             "per_subject": per_subject, "per_division": {}, "items": items}
 
 
+def with_controls(report, control_ids):
+    """Add what validation_kor_med_test.py writes with --control swap: per-item control results, the block."""
+    from script import controls
+
+    for row in report["items"]:
+        row["control_correct"] = row["id"] in control_ids
+        row["cluster"] = f"gold:{row['id']}"
+    correct = [row["correct"] for row in report["items"]]
+    blind = [row["control_correct"] for row in report["items"]]
+    clusters = [row["cluster"] for row in report["items"]]
+    report["controls"] = {"clusters": len(clusters), "accuracy": {"ci95": [0.1, 0.6]},
+                          "majority_letter": {"letter": "D", "accuracy": 0.3},
+                          "question_blind": {"how": "swap", "accuracy": sum(blind) / len(blind), "correct": sum(blind),
+                                             "total": len(blind), "ci95": [0.0, 0.5]},
+                          "vs_question_blind": controls.paired_difference(correct, blind, clusters)}
+    return report
+
+
+def test_compare_judges_each_model_against_its_question_blind_control(tmp_path):
+    base = with_controls(fake_report({"q0", "q1"}, name="base", n=20), {"q0", "q5"})
+    # final gains 6 items, but its control gains 4 of them too: 2 items beyond the control
+    final = with_controls(fake_report({"q0", "q1", "q2", "q3", "q4", "q6", "q7", "q8"}, name="final", n=20),
+                          {"q0", "q2", "q3", "q4", "q5", "q6"})
+    summary = er.compare([base, final], ["base", "final"])
+    last = summary["columns"][1]
+    assert last["controls"]["vs_question_blind"]["delta_points"] == pytest.approx(10.0)
+    assert last["vs_first"]["clustered"]["delta_points"] == pytest.approx(30.0)
+    assert last["vs_first"]["beyond_control"]["delta_points"] == pytest.approx(10.0)  # (8-6) - (2-2) of 20
+    text = er.markdown(summary)
+    assert "final 40.0% (8/20) — above its question-blind control by 10.0 points" in text
+    assert "| final | 40.0% (10.0%–60.0%) | D 30.0% | 30.0% (swap) | +10.0 (" in text
+    assert "its lead over the control is +10.0 points vs base's" in text
+    row = er._evaluation_headline("KorMedMCQA", summary)
+    assert row["result"] == "40.0% (8/20)" and row["reference"].startswith("above its question-blind control by 10.0")
+    assert "beyond the control +10.0 (" in row["reference"]
+
+
 def test_compare_counts_gained_and_lost_items_by_id(tmp_path):
     base = fake_report({"q0", "q1"}, name="base")
     final = fake_report({"q1", "q2", "q3", "q4", "q5"}, name="final")
