@@ -148,7 +148,7 @@ case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASET
 # run used 1 / 3 / 5 on MedGemma; the embedded tiny model needs more passes over the small sample
 # data and still finishes the whole pipeline within a few minutes on a 2-core CPU.
 case "$MODEL" in
-  tiny|tiny-*) default_00=2; default_01=2; default_02=3 ;;
+  tiny|tiny-*) default_00=2; default_01=2; default_02=2 ;;  # a third epoch was once chosen on the 604 set; nothing on the steering set supports it
   *) default_00=1; default_01=3; default_02=5 ;;
 esac
 EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$default_00}}"
@@ -170,6 +170,11 @@ add_stage refine_scripts/refine_dictionaries.py "refine_dictionaries|$PYTHON -m 
 add_stage refine_scripts/refine_kor_med_test.py "refine_kor_med_test|$PYTHON -m refine_scripts.refine_kor_med_test"
 add_stage refine_scripts/verify_formats.py "verify|$PYTHON -m refine_scripts.verify_formats"
 add_stage script/run_test_exclusion.sh "test_exclusion|PYTHON=$PYTHON bash $ROOT/script/run_test_exclusion.sh"
+# Can the evaluation sets be answered by copying the nearest training question? The embedded world
+# is built so that they cannot (a failure there is a bug: stop); on real data it is reported.
+probe_args=""
+case "$MODEL" in tiny|tiny-*) probe_args=" --strict" ;; esac
+add_stage script/leakage_probe.py "leakage_probe|$PYTHON -m script.leakage_probe$probe_args"
 add_stage script/validate_korean_proficiency.py "korean_proficiency|$PYTHON -m script.validate_korean_proficiency --all"
 
 # Training: the guide's four steps (00 plain text -> 01 dictionary with a plain-text monitor ->

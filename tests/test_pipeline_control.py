@@ -152,3 +152,6 @@ def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_pat
     assert not [name for name in big if "cloze" in name]
     assert "--train-embeddings" not in big["add_lora_adapter_01"]
     assert "--mode letter --prompt train02" in big["evaluate_final"]
+    # the leakage probe follows the exclusion; it stops the embedded world's run, only reports on real data
+    assert list(tiny).index("leakage_probe") == list(tiny).index("test_exclusion") + 1
+    assert tiny["leakage_probe"].endswith("--strict") and "--strict" not in big["leakage_probe"]
