@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -210,6 +209,66 @@ def points(stats: Mapping[str, Any]) -> dict:
     return out
 
 
+def binomial_tail_at_least(successes: int, trials: int, p: float) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, p), exactly (sum in log space, no scipy)."""
+    if successes <= 0:
+        return 1.0
+    if successes > trials:
+        return 0.0
+    if p <= 0.0:
+        return 0.0
+    if p >= 1.0:
+        return 1.0
+    log_terms = [math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
+                 + k * math.log(p) + (trials - k) * math.log1p(-p) for k in range(successes, trials + 1)]
+    top = max(log_terms)
+    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in log_terms))
+
+
+def sign_test_two_sided(wins: int, losses: int) -> float:
+    """Exact two-sided sign test on discordant pairs (McNemar): P of a split at least this uneven."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * binomial_tail_at_least(max(wins, losses), n, 0.5))
+
+
+ALPHA = 0.05  # a steering comparison counts as a change when its sign test says p < ALPHA
+
+
+def paired_change(before: Mapping[str, bool], after: Mapping[str, bool], alpha: float = ALPHA) -> dict:
+    """Item-by-item change between two scorings of the same questions (``{id: correct}`` each).
+
+    ``delta_points`` is over the shared items; ``p_sign_test`` the exact two-sided sign test on the
+    items that changed; ``beyond_noise`` whether p < ``alpha``. A difference inside the noise is
+    "no change": the steering policies act on ``counted_points`` (``delta_points`` or 0).
+    """
+    shared = [key for key in after if key in before]
+    gained = sum(after[k] and not before[k] for k in shared)
+    lost = sum(before[k] and not after[k] for k in shared)
+    delta = 100 * (gained - lost) / len(shared) if shared else 0.0
+    p = sign_test_two_sided(gained, lost)
+    beyond = bool(shared) and p < alpha
+    return {"items": len(shared), "gained": gained, "lost": lost, "delta_points": round(delta, 4),
+            "p_sign_test": p, "beyond_noise": beyond, "counted_points": round(delta, 4) if beyond else 0.0}
+
+
+def noise_floor(items: int, accuracy_pct: float | None, alpha: float = ALPHA) -> dict:
+    """What a steering set of ``items`` questions can tell apart, in points.
+
+    ``ci95_half_width_points``: half the 95 % interval of one accuracy near ``accuracy_pct`` (what
+    two unpaired scorings may differ by from noise alone); ``min_detectable_points``: the smallest
+    paired gain the sign test can call a change (k gained, none lost, p < ``alpha``).
+    """
+    if items <= 0:
+        return {"items": 0, "ci95_half_width_points": None, "min_detectable_points": None}
+    rate = min(max((accuracy_pct if accuracy_pct is not None else 50.0) / 100, 0.0), 1.0)
+    low, high = wilson_interval(round(rate * items), items)
+    k = next((k for k in range(1, items + 1) if sign_test_two_sided(k, 0) < alpha), None)
+    return {"items": items, "ci95_half_width_points": round(100 * (high - low) / 2, 2),
+            "min_detectable_points": round(100 * k / items, 2) if k else None, "alpha": alpha}
+
+
 def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
     """Unclustered 95 % interval of a proportion (what a steering set's size alone allows)."""
     if total == 0:
@@ -218,13 +277,6 @@ def wilson_interval(correct: int, total: int, z: float = 1.959964) -> tuple[floa
     centre = (p + z * z / (2 * total)) / (1 + z * z / total)
     half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
     return centre - half, centre + half
-
-
-def shuffle_seeded(values: list, seed: int) -> list:
-    """A seeded shuffle (a copy): random orders in scorers and tie-breaks are reproducible."""
-    out = list(values)
-    random.Random(seed).shuffle(out)
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -287,6 +339,8 @@ def vs_control_text(versus: Mapping[str, Any] | None, what: str = "its question-
         return "not compared with a question-blind control (none was run)"
     delta = versus["delta_points"]
     low, high = versus["ci95_points"]
-    side = "above" if delta > 0 else ("below" if delta < 0 else "level with")
-    return (f"{side} {what} by {abs(delta):.1f} points (95 % CI {low:+.1f} to {high:+.1f}, "
-            f"p {format_p(versus.get('p_two_sided'))} two-sided, clustered over {versus['clusters']} clusters)")
+    detail = (f"95 % CI {low:+.1f} to {high:+.1f}, p {format_p(versus.get('p_two_sided'))} two-sided, "
+              f"clustered over {versus['clusters']} clusters")
+    if delta == 0:
+        return f"level with {what} (0.0 points, {detail})"
+    return f"{'above' if delta > 0 else 'below'} {what} by {abs(delta):.1f} points ({detail})"

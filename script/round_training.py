@@ -91,11 +91,12 @@ Evaluator = Callable[[Any], dict]  # evaluate(model) -> {"accuracy": percent, "p
 # ---------------------------------------------------------------------------
 def add_round_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Data, steering and report options; evaluation happens between rounds, so the common
-    ``--eval-samples`` counts steering questions (default 200, 0 = the whole set)."""
+    ``--eval-samples`` counts steering questions (default 0 = the whole set: a small set cannot tell
+    types apart, see ``controls.noise_floor``)."""
     g = parser.add_argument_group(
         "multi-round training",
-        "The steering set is scored between rounds: --eval-samples counts its questions (default 200,\n"
-        "0 = all) and --show-samples-every is not used. --resume continues from round_state/ in the\n"
+        "The steering set is scored between rounds: --eval-samples counts its questions (default 0 =\n"
+        "the whole set) and --show-samples-every is not used. --resume continues from round_state/ in the\n"
         "output dir, written after every round.")
     g.add_argument("--data-dir", type=Path, default=CLEAN_DIR,
                    help="dir holding <type>/train.jsonl for each type; a type without one is skipped with a "
@@ -118,7 +119,7 @@ def add_round_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="test sets scored once on the final adapter for the report, never steered on; "
                         "a missing file is recorded as missing (default: guide604 official)")
     # Evaluation runs between rounds; the mid-round periodic evaluation of the type trainers is off.
-    parser.set_defaults(eval_samples=200, show_samples_every=0)
+    parser.set_defaults(eval_samples=0, show_samples_every=0)
     return parser
 
 
@@ -289,7 +290,13 @@ class FailureTracker:
 
 
 class Scoreboard:
-    """Steering accuracy after each evaluation, the best one (saved to ``best_dir``) and the failures."""
+    """Steering accuracy after each evaluation, the best one (saved to ``best_dir``) and the failures.
+
+    Every evaluation is also compared item by item with the one before (``vs_previous``) and with
+    the untrained start (``vs_initial``): ``controls.paired_change``, a sign test on the questions
+    that changed. A change whose p is not below ``controls.ALPHA`` is inside the steering set's
+    noise and counts as none (``counted_points`` 0): that is what the policies act on.
+    """
 
     def __init__(self, target: float, best_dir: Path | None):
         self.target = target
@@ -297,10 +304,22 @@ class Scoreboard:
         self.history: list[dict] = []
         self.best: dict | None = None
         self.failures = FailureTracker()
+        self.initial_correct: dict[str, bool] = {}
+        self.last_correct: dict[str, bool] = {}
 
     def record(self, engine, result: dict, **fields) -> dict:
+        from script.controls import paired_change
+
         entry = {**fields, "step": engine.global_step, "accuracy": float(result["accuracy"]),
                  **{k: result[k] for k in ("correct", "total", "chance") if k in result}}
+        correct = {str(p["id"]): bool(p["correct"]) for p in result.get("predictions", [])}
+        if correct and self.history:
+            entry["vs_previous"] = paired_change(self.last_correct, correct)
+            entry["vs_initial"] = paired_change(self.initial_correct, correct)
+        if correct:
+            self.last_correct = correct
+            if not self.history:
+                self.initial_correct = correct
         self.history.append(entry)
         self.failures.update(result.get("predictions", []), engine.global_step)
         engine.log_scalar("eval/steer_accuracy", entry["accuracy"])
@@ -325,22 +344,60 @@ class Scoreboard:
     def reached(self) -> bool:
         return self.best is not None and self.best["accuracy"] >= self.target
 
+    def noise_floor(self) -> dict:
+        """What the steering set can tell apart (controls.noise_floor at the starting accuracy)."""
+        from script.controls import noise_floor
+
+        first = self.history[0] if self.history else {}
+        return noise_floor(int(first.get("total") or len(self.initial_correct)), first.get("accuracy"))
+
     def to_dict(self) -> dict:
-        return {"history": self.history, "best": self.best, "failures": self.failures.to_dict()}
+        return {"history": self.history, "best": self.best, "failures": self.failures.to_dict(),
+                "initial_correct": self.initial_correct, "last_correct": self.last_correct}
 
     def load(self, data: dict) -> None:
         self.history = list(data.get("history", []))
         self.best = data.get("best")
         self.failures = FailureTracker.from_dict(data.get("failures", {}))
+        self.initial_correct = dict(data.get("initial_correct", {}))
+        self.last_correct = dict(data.get("last_correct", {}))
+
+
+def counted(improvements: Sequence[float], beyond_noise: Sequence[bool] | None) -> list[float]:
+    """The improvements that count: each one beyond the steering set's noise, else 0 (no change)."""
+    if beyond_noise is None:  # a state written before the noise floor was kept: every change counts
+        return list(improvements)
+    return [gain if beyond else 0.0 for gain, beyond in zip(improvements, beyond_noise)]
 
 
 def rank_types(type_results: dict[str, dict]) -> list[dict]:
-    """Types by mean measured improvement, best first (the report's ``recommendations``)."""
-    rows = [{"type": t, "avg_improvement": round(sum(r["improvements"]) / len(r["improvements"]), 4),
-             "total_steps": r["total_steps"]}
-            for t, r in type_results.items() if r["improvements"]]
-    rows.sort(key=lambda row: -row["avg_improvement"])
+    """Types by mean counted improvement (changes inside the noise count as 0), best first: the
+    report's ``recommendations``. ``distinguishable`` says whether any of the type's rounds changed
+    the steering accuracy beyond the noise; when none did, the order is no finding."""
+    rows = []
+    for t, r in type_results.items():
+        if not r["improvements"]:
+            continue
+        kept = counted(r["improvements"], r.get("beyond_noise"))
+        rows.append({"type": t, "avg_improvement": round(sum(r["improvements"]) / len(r["improvements"]), 4),
+                     "avg_counted_improvement": round(sum(kept) / len(kept), 4),
+                     "rounds_beyond_noise": sum(bool(x) for x in r.get("beyond_noise", [])),
+                     "distinguishable": any(r.get("beyond_noise", [True])), "total_steps": r["total_steps"]})
+    rows.sort(key=lambda row: -row["avg_counted_improvement"])
     return [{"rank": i, **row} for i, row in enumerate(rows, 1)]
+
+
+def ranking_note(ranking: Sequence[dict], floor: dict) -> str:
+    """One line on what the ranking is worth, with the noise floor in points."""
+    width = floor.get("ci95_half_width_points")
+    where = (f"{floor['items']} steering questions: one accuracy is ±{width} points (95 %), a paired change "
+             f"needs about {floor['min_detectable_points']} points to pass the sign test") if width else "no steering set"
+    if not ranking:
+        return f"no type was measured ({where})"
+    if not any(row["distinguishable"] for row in ranking):
+        return (f"no type changed the steering accuracy beyond the noise ({where}): the order of the types is "
+                "not a finding; use more steering questions (--eval-samples 0) or longer rounds")
+    return f"ranked by the changes beyond the noise ({where}); changes inside it count as 0"
 
 
 # ---------------------------------------------------------------------------
@@ -760,8 +817,12 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
 
 def steering_summary(steering: dict, board: Scoreboard) -> dict:
     """The ``steering`` block of every report, with the guide604 warning when it applies."""
-    return {**steering, "initial_accuracy": board.initial, "best_accuracy": board.best["accuracy"] if board.best else None,
-            "target": board.target, "target_reached": board.reached}
+    best = board.best or {}
+    best_entry = next((e for e in board.history if e is not board.history[0] and e.get("step") == best.get("step")
+                       and e.get("accuracy") == best.get("accuracy")), None)
+    return {**steering, "initial_accuracy": board.initial, "best_accuracy": best.get("accuracy"),
+            "target": board.target, "target_reached": board.reached, "noise_floor": board.noise_floor(),
+            "best_vs_initial": (best_entry or {}).get("vs_initial")}
 
 
 def training_info(run: RunConfig, engine: RoundTrainer, board: Scoreboard, steering: dict, outcome: dict,

@@ -79,7 +79,7 @@ def round_dirs(tmp_path_factory) -> dict[str, Path]:
     two ranks score shards of different sizes."""
     root = tmp_path_factory.mktemp("ddp_rounds")
     atomic_write_jsonl(root / "data" / T1 / "train.jsonl", [type1_record(i) for i in range(8)])
-    atomic_write_jsonl(root / "data" / T3 / "train.jsonl", [type3_record(i) for i in range(12)])
+    atomic_write_jsonl(root / "data" / T3 / "train.jsonl", [type3_record(i, "D") for i in range(12)])
     atomic_write_jsonl(root / "sets" / "steer.jsonl", [set_item(i, STEER, "D") for i in range(5)])
     atomic_write_jsonl(root / "sets" / "guide604.jsonl", [set_item(i, "병동", "B") for i in range(3)])
     return {"data": root / "data", "sets": root / "sets"}

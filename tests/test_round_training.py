@@ -126,10 +126,12 @@ class FakeEngine:
         pass
 
 
-def scripted_evaluator(gains: dict[str, list[float]], base: float = 20.0, n_questions: int = 15):
+def scripted_evaluator(gains: dict[str, list[float]], base: float = 20.0, n_questions: int = 2000):
     """Accuracy = base + the k-th gain of a type for its k-th round (0 once the list runs out).
 
-    Question i is answered correctly iff i < accuracy% of the questions, so high ids fail most.
+    Question i is answered correctly iff i < accuracy% of the questions, so high ids fail most. With
+    the default 2,000 questions a change of 1 point (20 questions, all one way) is beyond the noise
+    (sign test p < 0.05) and one of 0.5 points (10) too; with 15 questions nothing is.
     """
 
     def evaluate(engine) -> dict:
@@ -150,11 +152,11 @@ def scripted_evaluator(gains: dict[str, list[float]], base: float = 20.0, n_ques
 GAINS = {T1: [2.0, 1.5, 0.5], T2: [-1.0], T3: [5.0, 4.0, 3.0, 0.5], T4: [0.5]}
 
 
-def probe_focus(target=99.0, budget=10_000, max_focus_rounds=10, gains=GAINS):
+def probe_focus(target=99.0, budget=10_000, max_focus_rounds=10, gains=GAINS, n_questions=2000):
     engine = FakeEngine(budget)
     policy = ProbeFocusPolicy(list(formats.TRAINING_TYPES), Scoreboard(target, None), probe_steps=3, focus_steps=5,
                               min_improvement=1.0, max_focus_rounds=max_focus_rounds)
-    drive(engine, policy, scripted_evaluator(gains), None)
+    drive(engine, policy, scripted_evaluator(gains, n_questions=n_questions), None)
     return engine, policy
 
 
@@ -174,6 +176,22 @@ def test_probe_each_type_then_focus_on_the_best_until_exhausted_then_rotate():
     ranking = rank_types(results)
     assert [(r["rank"], r["type"]) for r in ranking] == [(1, T3), (2, T1), (3, T4), (4, T2)]
     assert ranking[0]["avg_improvement"] == pytest.approx((5 + 4 + 3 + 0.5) / 4)
+    assert all(r["distinguishable"] for r in ranking[:3])
+    assert "ranked by the changes beyond the noise (2000 steering questions" in policy.report()["ranking_note"]
+
+
+def test_changes_inside_the_steering_sets_noise_count_as_no_change():
+    """15 questions: no round moves more than a question or two, so no gain is beyond the noise --
+    the types are focused on in probe order, each round counted as 0, and the report says so."""
+    engine, policy = probe_focus(n_questions=15)
+    assert engine.calls == [(T1, 3), (T2, 3), (T3, 3), (T4, 3), (T1, 5), (T2, 5), (T3, 5), (T4, 5)]
+    history = policy.board.history
+    assert all(not entry["vs_previous"]["beyond_noise"] for entry in history[1:])
+    assert history[3]["improvement"] == 5.0 and history[3]["vs_previous"]["counted_points"] == 0.0
+    report = policy.report()
+    assert report["noise_floor"]["items"] == 15 and report["noise_floor"]["ci95_half_width_points"] > 15
+    assert not any(r["distinguishable"] for r in report["recommendations"])
+    assert "the order of the types is not a finding" in report["ranking_note"]
 
 
 @pytest.mark.parametrize("target, calls, reason", [
@@ -198,21 +216,22 @@ def test_max_focus_rounds_exhausts_a_type_that_still_improves_and_budget_stops_t
 
 
 def test_failed_questions_are_the_ten_most_persistent_and_report_has_the_guide_fields():
-    engine, policy = probe_focus()
+    engine, policy = probe_focus(n_questions=15)
     report = policy.report()
     for key in ("initial_accuracy", "final_best_accuracy", "type_results", "recommendations",
                 "persistent_failures", "target_reached", "stop_reason", "history"):
         assert key in report, key
     assert report["initial_accuracy"] == 20.0
-    assert report["final_best_accuracy"] == pytest.approx(20 + 2 + 1.5 + 0.5 - 1 + 5 + 4 + 3 + 0.5 + 0.5)
+    # the path of test_changes_inside_the_steering_sets_noise_count_as_no_change: probes, then T1's and T3's 2nd gains
+    assert report["final_best_accuracy"] == pytest.approx(20 + 2 - 1 + 5 + 0.5 + 1.5 + 4)
     failures = report["persistent_failures"]
     assert len(failures) == 10
     evaluations = len(policy.board.history)
-    # accuracy stays below 40% (at most 5 of 15 right), so questions 5..14 fail at every evaluation;
-    # 0..4 were answered right at least once and rank below them
-    assert {f["question_id"] for f in failures} == set(range(5, 15))
-    assert all(f["fail_count"] == evaluations == 12 for f in failures)
-    assert policy.board.failures.entries["4"]["fail_count"] < evaluations
+    # accuracy stays at or below 32% (at most 4 of 15 right), so questions 4..14 fail at every
+    # evaluation; 0..3 were answered right at least once and rank below them
+    assert {f["question_id"] for f in failures} < set(range(4, 15))
+    assert all(f["fail_count"] == evaluations == 9 for f in failures)
+    assert policy.board.failures.entries["3"]["fail_count"] < evaluations
     first = failures[0]
     assert set(first) == {"question_id", "fail_count", "expected", "last_predicted", "question_preview",
                           "last_failed_step", "evaluations"}
@@ -255,6 +274,17 @@ def test_loop_policy_trains_every_type_per_loop_and_stops_at_target_or_max_loops
     drive(engine, policy, scripted_evaluator(gains), None)
     assert engine.calls == [(T1, 2), (T3, 3)] * 2 and policy.loops_done == 2
     assert policy.stop_reason == "--max-loops 2 done without reaching 90%"
+
+
+def test_loop_stops_after_patience_loops_without_a_change_beyond_the_noise(tmp_path):
+    engine = FakeEngine()
+    board = Scoreboard(90.0, None)
+    policy = LoopPolicy({T1: 2}, max_loops=10, board=board, output_dir=tmp_path, patience=2)
+    drive(engine, policy, scripted_evaluator({T1: [5.0, 0.1, 0.0, 4.0]}), None)  # +0.1 = 2 of 2000: noise
+    assert policy.loops_done == 3 and len(engine.calls) == 3
+    assert policy.stop_reason == "2 loops in a row without a change beyond the steering set's noise (--patience 2)"
+    assert [e["vs_previous"]["beyond_noise"] for e in board.history[1:]] == [True, False, False]
+    assert board.history[-1]["vs_initial"]["beyond_noise"] and board.noise_floor()["items"] == 2000
 
 
 def test_adaptive_probabilities_favour_recent_gain_with_an_exploration_floor():
@@ -471,4 +501,4 @@ def test_help_of_every_multi_round_script():
     for flag in ("--probe-steps", "--focus-steps", "--min-improvement", "--target-accuracy", "--max-focus-rounds",
                  "--eval-samples"):
         assert flag in result.stdout, flag
-    assert "default: 200" in result.stdout.split("\n  --eval-samples", 1)[1][:300]
+    assert "default: 0" in result.stdout.split("\n  --eval-samples", 1)[1][:300]  # the whole steering set

@@ -8,7 +8,8 @@ it for good, this trainer keeps every type in play:
 2. then every round draws a type with probability
        p(type) = (1 - exploration) * softmax(ema_gain / temperature) + exploration / n_types
    where ema_gain is an exponential moving average (--ema) of the accuracy changes measured after
-   that type's rounds; the exploration floor keeps every type sampled now and then, so a type that
+   that type's rounds, each a paired comparison on the same steering questions that counts as 0
+   unless the sign test puts it beyond noise (p < 0.05; final_report.json states the noise floor); the exploration floor keeps every type sampled now and then, so a type that
    becomes useful later (or stops being useful) is noticed;
 3. stop at --target-accuracy, after --max-rounds rounds, or when the best accuracy has not
    improved for --patience rounds.
@@ -41,6 +42,7 @@ from script.round_training import (
     Scoreboard,
     add_round_options,
     rank_types,
+    ranking_note,
     run_cli,
     run_type_policy,
 )
@@ -74,7 +76,8 @@ class AdaptivePolicy:
         self.rounds = 0
         self.stop_reason = ""
         self.ema = {t: 0.0 for t in self.types}
-        self.type_results = {t: {"total_steps": 0, "improvements": [], "rounds": 0} for t in self.types}
+        self.type_results = {t: {"total_steps": 0, "improvements": [], "beyond_noise": [], "rounds": 0}
+                             for t in self.types}
         self.choices: list[dict] = []
 
     def planned_steps(self) -> int:
@@ -107,11 +110,14 @@ class AdaptivePolicy:
         entry = self.board.record(engine, evaluate(engine.model), round=self.rounds, type=type_name)
         gain = round(entry["accuracy"] - before, 4)
         entry["improvement"] = gain
-        self.ema[type_name] = self.ema_weight * gain + (1 - self.ema_weight) * self.ema[type_name]
+        beyond = bool((entry.get("vs_previous") or {"beyond_noise": True})["beyond_noise"])
+        # a change inside the steering set's noise is no change: it moves the EMA towards 0
+        self.ema[type_name] = self.ema_weight * (gain if beyond else 0.0) + (1 - self.ema_weight) * self.ema[type_name]
         results = self.type_results[type_name]
         results["total_steps"] += result["steps"]
         results["rounds"] += 1
         results["improvements"].append(gain)
+        results.setdefault("beyond_noise", []).append(beyond)
         self.choices.append({"round": self.rounds, "type": type_name,
                              "probabilities": {t: round(p, 4) for t, p in probabilities.items()}})
         since_best = self.rounds - (self.board.best.get("round") or 0)
@@ -143,6 +149,8 @@ class AdaptivePolicy:
             "final_probabilities": {t: round(p, 4) for t, p in
                                     type_probabilities(self.ema, self.temperature, self.exploration).items()},
             "recommendations": rank_types(self.type_results),
+            "noise_floor": self.board.noise_floor(),
+            "ranking_note": ranking_note(rank_types(self.type_results), self.board.noise_floor()),
             "persistent_failures": self.board.failures.top(),
             "choices": self.choices,
             "history": self.board.history,

@@ -3,7 +3,10 @@
 The guide's "Loop Training Until 90% KorMedMCQA". One LoRA model is trained through every type in
 turn (--epochs of each per loop, default 1), then scored on the KorMedMCQA steering set (a held-out
 slice of KorMedMCQA train, never a test set); the loop stops when the steering accuracy reaches
---target or after --max-loops. Optimizer, LR schedule and each type's data position carry over
+--target, after --max-loops, or after --patience loops in a row whose accuracy did not change
+beyond the steering set's noise (each loop is compared with the one before on the same questions:
+a sign test on the questions that changed, p < 0.05 is a change; loop_history.json states the
+noise floor under steering.noise_floor). Optimizer, LR schedule and each type's data position carry over
 from loop to loop (script/round_training.py). The guide's 604 set and the official test are scored
 once, on the final adapter, for the report.
 
@@ -23,7 +26,7 @@ Output: model/loop_training/<MODEL>/
 --save-steps N splits each type's epoch into rounds of at most N steps, which is how often the
 resume state is written (default: once per type per loop). --max-steps caps the whole run; the
 LR schedule (the type trainers' cosine with 3 % warmup) spans all loops. --eval-samples steering
-questions are scored after each loop (default 200, 0 = all).
+questions are scored after each loop (default 0 = all of them).
 
 Under accelerate launch / torchrun (DDP) every process trains every round on its share of the
 global batch (batch x grad-accum x processes, so an epoch takes that many fewer steps) and scores
@@ -75,7 +78,9 @@ STAGE = "loop_training"
 class LoopPolicy:
     """Loop over the types, ``steps[type]`` steps each (in rounds of at most ``chunk_steps``), then evaluate."""
 
-    def __init__(self, steps: dict[str, int], max_loops: int, board: Scoreboard, output_dir, chunk_steps: int = 0):
+    def __init__(self, steps: dict[str, int], max_loops: int, board: Scoreboard, output_dir, chunk_steps: int = 0,
+                 patience: int = 0):
+        self.patience = patience
         self.types = list(steps)
         self.steps = steps
         self.max_loops = max_loops
@@ -95,9 +100,24 @@ class LoopPolicy:
         return self.loop - 1
 
     @property
+    def loops_without_change(self) -> int:
+        """Loops in a row, counted from the last, whose steering accuracy did not change beyond the
+        noise of the steering set (a paired sign test on the same questions, p >= 0.05)."""
+        count = 0
+        for entry in reversed(self.board.history[1:]):
+            if (entry.get("vs_previous") or {}).get("beyond_noise", True):
+                break
+            count += 1
+        return count
+
+    @property
+    def stalled(self) -> bool:
+        return self.patience > 0 and self.loops_without_change >= self.patience
+
+    @property
     def finished(self) -> bool:
         return bool(self.board.history) and (
-            self.board.reached or self.loops_done >= self.max_loops or self.budget_spent)
+            self.board.reached or self.loops_done >= self.max_loops or self.budget_spent or self.stalled)
 
     @property
     def stop_reason(self) -> str:
@@ -105,6 +125,9 @@ class LoopPolicy:
             return f"target {self.board.target:g}% reached after loop {self.board.best['loop']}"
         if self.budget_spent:
             return "step budget (--max-steps) spent"
+        if self.stalled:
+            return (f"{self.patience} loops in a row without a change beyond the steering set's noise "
+                    f"(--patience {self.patience})")
         return f"--max-loops {self.max_loops} done without reaching {self.board.target:g}%"
 
     def step(self, engine, evaluate) -> None:
@@ -141,14 +164,18 @@ def build_parser():
     parser.add_argument("--target", type=float, default=90.0,
                         help="stop when the steering accuracy reaches this percent (default: %(default)s)")
     parser.add_argument("--max-loops", type=int, default=10, help="most loops over the types (default: %(default)s)")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="stop after this many loops in a row whose steering accuracy did not change beyond "
+                             "the noise (paired sign test on the same questions, p >= 0.05); 0 = never "
+                             "(default: %(default)s)")
     return add_round_options(parser)
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.max_loops < 1 or args.epochs <= 0:
-        parser.error("--max-loops must be >= 1 and --epochs > 0")
+    if args.max_loops < 1 or args.epochs <= 0 or args.patience < 0:
+        parser.error("--max-loops must be >= 1, --epochs > 0 and --patience >= 0")
     check_launch()
     run = start_run(args, stage=STAGE, script="train_loop_until_90")
     init_distributed(run)
@@ -159,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     per_step = global_batch(run)  # an epoch is shared by all processes of a multi-process launch
     steps = {t: max(1, math.ceil(run.epochs * len(r) / per_step)) for t, r in type_records.items()}
     board = Scoreboard(args.target, run.output_dir / BEST_DIR_NAME)
-    policy = LoopPolicy(steps, args.max_loops, board, run.output_dir, chunk_steps=run.save_steps or 0)
+    policy = LoopPolicy(steps, args.max_loops, board, run.output_dir, chunk_steps=run.save_steps or 0,
+                        patience=args.patience)
     engine = build_engine(run, type_records, policy.planned_steps())
     resumed = resume_or_start(run, engine, policy)
     drive(engine, policy, make_steering_evaluator(engine.tokenizer, items, run.batch, steering["scoring"]),
