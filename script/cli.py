@@ -37,8 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from script.data_io import DataError
-from script.training_config import UnknownModelError
-from script.training_utils import ConfigError
+from script.training_config import ConfigError, UnknownModelError
 
 EXIT_BAD_INPUT = 2
 EXIT_IO_ERROR = 74

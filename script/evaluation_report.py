@@ -64,210 +64,9 @@ from pathlib import Path
 
 from script import controls
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text, read_json
-
-
-def binomial_tail_at_least(successes: int, trials: int, p: float) -> float:
-    """P(X >= successes) for X ~ Binomial(trials, p), exactly (sum in log space, no scipy)."""
-    if successes <= 0:
-        return 1.0
-    if successes > trials:
-        return 0.0
-    if p <= 0.0:
-        return 0.0
-    if p >= 1.0:
-        return 1.0
-    log_terms = [math.lgamma(trials + 1) - math.lgamma(k + 1) - math.lgamma(trials - k + 1)
-                 + k * math.log(p) + (trials - k) * math.log1p(-p) for k in range(successes, trials + 1)]
-    top = max(log_terms)
-    return min(1.0, math.exp(top) * sum(math.exp(t - top) for t in log_terms))
-
-
-def sign_test_two_sided(wins: int, losses: int) -> float:
-    """Exact two-sided sign test on discordant pairs (McNemar): P of a split at least this uneven."""
-    n = wins + losses
-    if n == 0:
-        return 1.0
-    return min(1.0, 2 * binomial_tail_at_least(max(wins, losses), n, 0.5))
-
-
-def load_report(path: Path) -> dict:
-    try:
-        report = read_json(path)
-    except (OSError, ValueError, DataError) as exc:
-        raise DataError(f"{path}: cannot read evaluation report ({exc})") from None
-    if not isinstance(report, dict):
-        raise DataError(f"{path}: not an evaluation report (a JSON {type(report).__name__}, expected an object)")
-    for key in ("accuracy", "correct", "total", "chance", "items"):
-        if key not in report:
-            raise DataError(f"{path}: not an evaluation report (no {key!r}); "
-                            "write one with python -m script.validation_kor_med_test")
-    for key in ("accuracy", "correct", "total", "chance"):
-        if isinstance(report[key], bool) or not isinstance(report[key], (int, float)):
-            raise DataError(f"{path}: {key!r} should be a number, found {type(report[key]).__name__}")
-    if not isinstance(report["items"], list) or not all(
-            isinstance(row, dict) and "id" in row and "correct" in row for row in report["items"]):
-        raise DataError(f"{path}: 'items' should be a list of {{\"id\", \"correct\", ...}} objects")
-    return report
-
-
-def describe(report: dict) -> str:
-    prompt = report.get("prompt", {}).get("style", "?")
-    return f"{report.get('mode', '?')}/{prompt}"
-
-
-def _controls_of(report: Mapping) -> dict | None:
-    """The report's control numbers compare() carries (None for reports written before controls)."""
-    block = report.get("controls")
-    if not isinstance(block, Mapping):
-        return None
-    blind = block.get("question_blind") or None
-    majority = block.get("majority_letter") or {}
-    return {"clusters": block.get("clusters"),
-            "accuracy_ci95": (block.get("accuracy") or {}).get("ci95"),
-            "majority_letter": {"letter": majority.get("letter"), "accuracy": majority.get("accuracy")},
-            "question_blind": {k: blind.get(k) for k in ("how", "accuracy", "correct", "total", "ci95")} if blind else None,
-            "vs_question_blind": block.get("vs_question_blind"),
-            "acc_norm": (block.get("accuracy_norm") or {}).get("accuracy"),
-            "vs_question_blind_norm": block.get("vs_question_blind_norm")}
-
-
-def _paired_vs_first(first: Mapping, report: Mapping) -> dict:
-    """Clustered base->this difference on the shared items and, when both ran the question-blind
-    control, the difference of differences (each model's lead over its own control)."""
-    first_rows = {row["id"]: row for row in first["items"]}
-    rows = [(first_rows[row["id"]], row) for row in report["items"] if row["id"] in first_rows]
-    if not rows:
-        return {}
-    clusters = [str(b.get("cluster") or a.get("cluster") or b["id"]) for a, b in rows]
-    out = {"clustered": controls.paired_difference([bool(b["correct"]) for _, b in rows],
-                                                   [bool(a["correct"]) for a, _ in rows], clusters)}
-    if all("control_correct" in a and "control_correct" in b for a, b in rows):
-        out["beyond_control"] = controls.difference_of_differences(
-            [bool(b["correct"]) for _, b in rows], [bool(b["control_correct"]) for _, b in rows],
-            [bool(a["correct"]) for a, _ in rows], [bool(a["control_correct"]) for a, _ in rows], clusters)
-    return out
-
-
-def compare(reports: Sequence[dict], names: Sequence[str]) -> dict:
-    """Rows per subset (overall, then subjects) with each report's accuracy, its controls and the tests."""
-    first = reports[0]
-    first_items = {row["id"]: bool(row["correct"]) for row in first["items"]}
-    columns = []
-    for name, report in zip(names, reports):
-        items = {row["id"]: bool(row["correct"]) for row in report["items"]}
-        column = {
-            "name": name,
-            "model": report.get("model", {}).get("name"),
-            "scoring": describe(report),
-            "set": report.get("set", {}).get("name"),
-            "accuracy": report["accuracy"],
-            "correct": report["correct"],
-            "total": report["total"],
-            "chance": report["chance"],
-            "p_vs_chance": binomial_tail_at_least(report["correct"], report["total"], report["chance"]),
-            "per_subject": report.get("per_subject", {}),
-            "controls": _controls_of(report),
-        }
-        if report is not first:
-            shared = set(items) & set(first_items)
-            paired = bool(shared) and len(shared) == len(items) == len(first_items)
-            wins = sum(items[i] and not first_items[i] for i in shared)
-            losses = sum(first_items[i] and not items[i] for i in shared)
-            column["vs_first"] = {
-                "paired": paired,
-                "shared_items": len(shared),
-                "delta_points": round(100 * (report["accuracy"] - first["accuracy"]), 2),
-                "only_this_right": wins,
-                "only_first_right": losses,
-                "p_sign_test": sign_test_two_sided(wins, losses) if shared else None,
-                **_paired_vs_first(first, report),
-            }
-        columns.append(column)
-    subjects = sorted({s for c in columns for s in c["per_subject"]})
-    return {"columns": columns, "subjects": subjects}
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
-
-
-def _p(value: float | None) -> str:
-    if value is None:
-        return "-"
-    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
-
-
-def _ci(versus: Mapping) -> str:
-    low, high = versus["ci95_points"]
-    return f"{versus['delta_points']:+.1f} ({low:+.1f} to {high:+.1f})"
-
-
-def control_sentence(column: Mapping, first_name: str | None = None) -> str:
-    """One model's accuracy in words, against its controls (and the first model, beyond its control)."""
-    text = f"{column['name']} {_pct(column['accuracy'])} ({column['correct']}/{column['total']})"
-    found = column.get("controls")
-    if not found:
-        return text + f"; chance {_pct(column['chance'])} (report has no controls: re-run validation_kor_med_test)"
-    text += " — " + controls.vs_control_text(found.get("vs_question_blind"))
-    majority = found.get("majority_letter") or {}
-    if majority.get("letter"):
-        text += f"; majority letter {majority['letter']} {_pct(majority['accuracy'])}; chance {_pct(column['chance'])}"
-    beyond = (column.get("vs_first") or {}).get("beyond_control")
-    if beyond and first_name:
-        text += (f"; its lead over the control is {beyond['delta_points']:+.1f} points vs {first_name}'s "
-                 f"(95 % CI {beyond['ci95_points'][0]:+.1f} to {beyond['ci95_points'][1]:+.1f}, "
-                 f"p {controls.format_p(beyond.get('p_two_sided'))})")
-    return text
-
-
-def markdown(summary: dict) -> str:
-    columns = summary["columns"]
-    header = "| subset | chance | " + " | ".join(f"{c['name']} ({c['scoring']})" for c in columns) + " |"
-    lines = [header, "|---" * (len(columns) + 2) + "|"]
-    cells = [f"{_pct(c['accuracy'])} ({c['correct']}/{c['total']})" for c in columns]
-    lines.append(f"| overall | {_pct(columns[0]['chance'])} | " + " | ".join(cells) + " |")
-    for subject in summary["subjects"]:
-        rows = [c["per_subject"].get(subject) for c in columns]
-        chance = next((r["chance"] for r in rows if r), None)
-        cells = [f"{_pct(r['accuracy'])} ({r['correct']}/{r['total']})" if r else "-" for r in rows]
-        lines.append(f"| {subject} | {_pct(chance)} | " + " | ".join(cells) + " |")
-    lines += ["", "| model | accuracy - chance | p (vs chance, one-sided binomial) | vs " + columns[0]["name"]
-              + " | p (sign test on items only one got right) |", "|---|---|---|---|---|"]
-    for c in columns:
-        above = f"{100 * (c['accuracy'] - c['chance']):+.1f} points"
-        versus = c.get("vs_first")
-        if versus:
-            note = "" if versus["paired"] else " (different items: unpaired)"
-            delta = (f"{versus['delta_points']:+.1f} points ({versus['only_this_right']} gained, "
-                     f"{versus['only_first_right']} lost){note}")
-            p_pair = _p(versus["p_sign_test"])
-        else:
-            delta, p_pair = "-", "-"
-        lines.append(f"| {c['name']} | {above} | {_p(c['p_vs_chance'])} | {delta} | {p_pair} |")
-    with_controls = [c for c in columns if c.get("controls")]
-    if with_controls:
-        lines += ["", "Controls (points with 95 % CIs clustered over items sharing their right answer; "
-                      "question-blind = the same model with the questions swapped between items):", "",
-                  "| model | accuracy (95 % CI) | majority letter | question-blind | vs question-blind, points | p "
-                  f"| vs {columns[0]['name']}, clustered | beyond the control vs {columns[0]['name']} | p |",
-                  "|---|---|---|---|---|---|---|---|---|"]
-        for c in with_controls:
-            found = c["controls"]
-            ci = found.get("accuracy_ci95") or [None, None]
-            blind, versus = found.get("question_blind"), found.get("vs_question_blind")
-            paired = c.get("vs_first") or {}
-            clustered, beyond = paired.get("clustered"), paired.get("beyond_control")
-            majority = found.get("majority_letter") or {}
-            lines.append("| " + " | ".join([
-                c["name"], f"{_pct(c['accuracy'])} ({_pct(ci[0])}–{_pct(ci[1])})",
-                f"{majority.get('letter')} {_pct(majority.get('accuracy'))}" if majority.get("letter") else "-",
-                f"{_pct(blind['accuracy'])} ({blind['how']})" if blind else "not run",
-                _ci(versus) if versus else "-", controls.format_p(versus.get("p_two_sided")) if versus else "-",
-                _ci(clustered) if clustered else "-", _ci(beyond) if beyond else "-",
-                controls.format_p(beyond.get("p_two_sided")) if beyond else "-"]) + " |")
-        lines += [""] + [f"- {control_sentence(c, columns[0]['name'] if c is not columns[0] else None)}"
-                         for c in columns]
-    return "\n".join(lines) + "\n"
+from script import report_sources
+from script.report_comparison import _ci, _p, _pct, compare, load_report, markdown
+from script.report_sources import WEAK_DIVISION_ACCURACY, Sources
 
 
 # ===========================================================================
@@ -571,7 +370,6 @@ def plot_panels(panels: Sequence[dict], path: Path) -> str:
 
 def plot_divisions(tables: Sequence[dict], path: Path) -> str:
     """Horizontal accuracy bars per division, one panel per source; weak ones (< 80 %) in red."""
-    from script.report_sources import WEAK_DIVISION_ACCURACY
 
     plt = _pyplot()
     height = max(3.0, 0.28 * max(len(t["rows"]) for t in tables) + 1.2)
@@ -630,7 +428,6 @@ def write_plots(sections: Mapping[str, dict], out: Path) -> dict[str, str]:
 # ---- building and running ---------------------------------------------------------------------
 def build_report(src, evaluations_run: Sequence[dict] = ()) -> tuple[dict, dict]:
     """(report without plots, sections) for the model of ``src``."""
-    from script import report_sources
     from script.training_utils import git_sha
 
     sections = report_sources.gather(src)
@@ -661,7 +458,7 @@ def run_missing_evaluations(src, args: argparse.Namespace) -> list[dict]:
     """validation_kor_med_test.py for every missing base/final report, with the pipeline's arguments."""
     import shlex
 
-    from script import report_sources, validation_kor_med_test
+    from script import validation_kor_med_test  # lazy: it pulls in the model-loading stack
 
     done = []
     for dataset, role in report_sources.missing_evaluations(src):
@@ -693,7 +490,6 @@ def write_report(report: dict, sections: Mapping[str, dict], output: Path) -> Pa
 
 
 def report_main(args: argparse.Namespace) -> int:
-    from script.report_sources import Sources
     from script.training_config import HOME
 
     src = Sources(args.model, args.model_dir.resolve(), args.logs_dir.resolve(),

@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
+from script.controls import binomial_tail_at_least
 from script.data_io import DataError, read_json
+from script.report_comparison import compare, describe, load_report
 
 NOT_RUN = "not run"
 UNREADABLE = "unreadable"
@@ -185,8 +187,6 @@ def report_belongs_to(report: Mapping, model: str) -> bool:
 
 
 def describe_report(path: Path, report: Mapping) -> dict:
-    from script.evaluation_report import binomial_tail_at_least, describe
-
     adapters = (report.get("model") or {}).get("adapters") or []
     return {"file": str(path), "set": (report.get("set") or {}).get("name"), "scoring": describe(report),
             "model": adapters[-1] if adapters else (report.get("model") or {}).get("name"),
@@ -196,8 +196,7 @@ def describe_report(path: Path, report: Mapping) -> dict:
 
 
 def gather_evaluation(src: Sources, dataset: str) -> dict:
-    """Base and final reports side by side (evaluation_report.compare), other reports of the model."""
-    from script.evaluation_report import compare, load_report
+    """Base and final reports side by side (report_comparison.compare), other reports of the model."""
 
     section = new_section(EVAL_DATASETS[dataset])
     reports, names = [], []

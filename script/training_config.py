@@ -151,6 +151,11 @@ MEMORY_CONFIGS: dict[str, MemoryConfig] = {
 }
 
 
+class ConfigError(ValueError):
+    """A setting that cannot work; the message says what to change (training_utils and every script
+    raise it; it lives here, beside the settings, so that light modules such as cli can catch it)."""
+
+
 class UnknownModelError(KeyError):
     def __str__(self) -> str:  # KeyError quotes its message; this one is meant to be read
         return str(self.args[0])

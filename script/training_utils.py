@@ -39,6 +39,7 @@ from script.training_config import (
     LORA_TARGET_MODULES,
     PROJECT_ROOT,
     TENSORBOARD_DIR,
+    ConfigError,
     MemoryConfig,
     ModelConfig,
     get_memory_config,
@@ -52,8 +53,6 @@ QUANTIZATION_CHOICES = ("auto", "none", "8bit", "4bit")
 BATCHING_CHOICES = ("padding-free", "padded")
 
 
-class ConfigError(ValueError):
-    """A setting that cannot work; the message says what to change."""
 
 
 # ---------------------------------------------------------------------------

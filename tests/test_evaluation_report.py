@@ -8,6 +8,7 @@ import math
 
 import pytest
 
+from script import controls
 from script import evaluation_report as er
 
 
@@ -15,15 +16,15 @@ def test_binomial_tail_matches_a_direct_sum():
     n, p = 12, 0.2
     for k in range(0, n + 2):
         direct = sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1))
-        assert er.binomial_tail_at_least(k, n, p) == pytest.approx(direct, rel=1e-9, abs=1e-15)
-    assert er.binomial_tail_at_least(5, 10, 0.5) == pytest.approx(638 / 1024)
+        assert controls.binomial_tail_at_least(k, n, p) == pytest.approx(direct, rel=1e-9, abs=1e-15)
+    assert controls.binomial_tail_at_least(5, 10, 0.5) == pytest.approx(638 / 1024)
 
 
 def test_sign_test_is_two_sided_and_symmetric():
-    assert er.sign_test_two_sided(3, 0) == pytest.approx(0.25)
-    assert er.sign_test_two_sided(0, 3) == pytest.approx(0.25)
-    assert er.sign_test_two_sided(4, 4) == 1.0
-    assert er.sign_test_two_sided(0, 0) == 1.0
+    assert controls.sign_test_two_sided(3, 0) == pytest.approx(0.25)
+    assert controls.sign_test_two_sided(0, 3) == pytest.approx(0.25)
+    assert controls.sign_test_two_sided(4, 4) == 1.0
+    assert controls.sign_test_two_sided(0, 0) == 1.0
 
 
 def fake_report(correct_ids, n=10, name="m", subjects=("doctor",), chance=0.2, dataset="kormedmcqa", adapters=()):
@@ -44,8 +45,6 @@ def fake_report(correct_ids, n=10, name="m", subjects=("doctor",), chance=0.2, d
 
 def with_controls(report, control_ids):
     """Add what validation_kor_med_test.py writes with --control swap: per-item control results, the block."""
-    from script import controls
-
     for row in report["items"]:
         row["control_correct"] = row["id"] in control_ids
         row["cluster"] = f"gold:{row['id']}"
@@ -86,8 +85,8 @@ def test_compare_counts_gained_and_lost_items_by_id(tmp_path):
     versus = summary["columns"][1]["vs_first"]
     assert versus["paired"] and versus["only_this_right"] == 4 and versus["only_first_right"] == 1
     assert versus["delta_points"] == 30.0
-    assert versus["p_sign_test"] == pytest.approx(er.sign_test_two_sided(4, 1))
-    assert summary["columns"][1]["p_vs_chance"] == pytest.approx(er.binomial_tail_at_least(5, 10, 0.2))
+    assert versus["p_sign_test"] == pytest.approx(controls.sign_test_two_sided(4, 1))
+    assert summary["columns"][1]["p_vs_chance"] == pytest.approx(controls.binomial_tail_at_least(5, 10, 0.2))
 
     paths = []
     for name, report in (("base", base), ("final", final)):
