@@ -819,7 +819,7 @@ def build_annotator(args) -> DivisionAnnotator:
     taxonomy = load_taxonomy(args.taxonomy)
     if not args.model_scorer:
         return DivisionAnnotator(taxonomy)
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval(args.model, device=args.device)
     logger.info("model stage: %s on %s", loaded.info["name"], loaded.info["device"])

@@ -11,7 +11,7 @@ The trained adapter (and the parents it has itself) is merged into the base weig
 LoRA is created on top, so copies of trained embeddings start from the trained values. The new
 dir gets adapter_chain.json {"parents": [absolute dirs, in order]}: a trainer given it as
 --base-model merges the parents and trains only the new adapter (its final/ keeps the chain), and
-evaluation.load_model_for_eval applies the same chain.
+model_loading.load_model_for_eval applies the same chain.
 
 The output dir holds adapter_config.json (base_model_name_or_path = the original base model),
 adapter_model.safetensors, the tokenizer, adapter_chain.json (with --on) and adapter_info.json;

@@ -242,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         record_fields,
     )
     from script.data_io import DataError
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -102,7 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from script.evaluation import load_model_for_eval, score_mcq_letter_mode
+    from script.evaluation import score_mcq_letter_mode
+    from script.model_loading import load_model_for_eval
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -329,7 +329,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def crosscheck(args: argparse.Namespace) -> int:
     import lm_eval  # fail early, before a model is loaded, when the harness is missing
 
-    from script.evaluation import generate_mcq_answers, load_eval_items, load_model_for_eval, score_mcq_letter_mode
+    from script.evaluation import generate_mcq_answers, load_eval_items, score_mcq_letter_mode
+    from script.model_loading import load_model_for_eval
 
     comparisons = [args.only] if args.only else list(COMPARISONS)
     items = load_eval_items(args.set, args.n, args.seed)

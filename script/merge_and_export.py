@@ -7,7 +7,7 @@
 ``--model`` is what validation_kor_med_test.py takes: a registry name or model dir plus
 ``--adapter`` dirs, or an adapter dir alone. An adapter dir with ``adapter_chain.json`` (the
 ``final/`` of train_02 in the pipeline) stands for its whole chain: 00 -> 01 -> second adapter
--> 02, each merged in order (evaluation.load_model_for_eval). The result is saved as safetensors
+-> 02, each merged in order (model_loading.load_model_for_eval). The result is saved as safetensors
 with the tokenizer of the last adapter that saved one (an extended vocabulary travels with it), and
 loads with ``AutoModelForCausalLM.from_pretrained(dir)`` -- no PEFT needed.
 
@@ -298,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
     from script.training_utils import ConfigError, git_sha, library_versions
 
     try:

@@ -406,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no usable item in {evalset.source}", file=sys.stderr)
         return 1
 
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
     from script.training_config import UnknownModelError
     from script.training_utils import ConfigError
 

@@ -450,7 +450,8 @@ def test_train_with_divisions_writes_report_and_chart(tiny_models, division_data
 
     # the same numbers recomputed independently from the saved adapter: the evaluation module's
     # perplexity per record for the loss, letter mode for the multiple-choice records
-    from script.evaluation import completion_perplexity, load_model_for_eval, score_mcq_letter_mode
+    from script.evaluation import completion_perplexity, score_mcq_letter_mode
+    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval(str(output / "final"), device="cpu")
     rows = []
@@ -476,7 +477,7 @@ def test_train_with_divisions_writes_report_and_chart(tiny_models, division_data
 def test_model_scorer_on_tiny_returns_valid_ids(tiny_models, taxonomy):
     import torch
 
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval("tiny", device="cpu")
     scorer = dv.ModelScorer(loaded.model, loaded.tokenizer, taxonomy, batch_size=2, max_text_tokens=48)

@@ -14,6 +14,7 @@ import yaml
 
 from script import eval_crosscheck as cc
 from script import evaluation as ev
+from script.model_loading import load_model_for_eval
 from script import formats
 from script.data_io import DataError, atomic_write_jsonl, read_jsonl
 from script.training_config import SAMPLE_DATA_DIR
@@ -162,7 +163,7 @@ def test_stop_strings_cut_like_the_harness():
 # Letter mode's shared-prompt cache (the speed-up the benchmark measures) changes no answer
 # ---------------------------------------------------------------------------
 def test_letter_mode_with_and_without_the_shared_prompt_cache_agree(tiny_models, sample_items, monkeypatch):
-    loaded = ev.load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
+    loaded = load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
     encoded = [ev.encode_prompt(loaded.tokenizer, ev.render_mcq_prompt(loaded.tokenizer, i, "type3"), "type3")
                for i in sample_items]
     assert ev._shared_prefix_length(encoded) >= ev.MIN_SHARED_PREFIX  # so the cache is really used below

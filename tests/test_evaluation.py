@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from script import evaluation as ev
+from script.model_loading import load_model_for_eval
 from script import formats
 from script.data_io import atomic_write_jsonl
 from script.training_config import SAMPLE_DATA_DIR
@@ -25,7 +26,7 @@ KMMLU_SAMPLE = SAMPLE_DATA_DIR / "HAERAE-HUB" / "KMMLU" / "data"
 # ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def loaded(tiny_models):
-    return ev.load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
+    return load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +162,7 @@ def test_cloze_mode_scores_each_option_as_the_answer_to_the_question_alone(loade
 
 def test_cloze_mode_follows_what_training_on_the_answer_text_teaches(tiny_models):
     """A few steps on one item's cloze-form record make its right option the cloze answer."""
-    loaded = ev.load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
+    loaded = load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
     model, tok = loaded.model, loaded.tokenizer
     item = good_item(answer="D")
     before = ev.score_mcq_cloze_mode(model, tok, [item])[0]["option_logprobs"]["D"]
@@ -190,7 +191,7 @@ def test_letter_mode_answers_only_the_items_own_options(loaded):
 
 def test_multimodal_class_scores_like_the_text_model(tiny_models, loaded, sample_items):
     """tiny-mm wraps the same language-model weights in Gemma3ForConditionalGeneration."""
-    mm = ev.load_model_for_eval(str(tiny_models["tiny-mm"]), device="cpu")
+    mm = load_model_for_eval(str(tiny_models["tiny-mm"]), device="cpu")
     a = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, sample_items[:6], batch_size=3)
     b = ev.score_mcq_letter_mode(mm.model, mm.tokenizer, sample_items[:6], batch_size=3)
     assert [p["prediction"] for p in a] == [p["prediction"] for p in b]
@@ -622,11 +623,11 @@ def test_adapter_dir_as_model_and_adapter_chain(tiny_models, tmp_path, sample_it
         preds = ev.score_mcq_letter_mode(loaded_model.model, loaded_model.tokenizer, items)
         return [p["letter_logprobs"] for p in preds]
 
-    via_model = ev.load_model_for_eval(dirs[0], device="cpu")
-    via_flag = ev.load_model_for_eval(str(tiny_models["tiny"]), [dirs[0]], device="cpu")
+    via_model = load_model_for_eval(dirs[0], device="cpu")
+    via_flag = load_model_for_eval(str(tiny_models["tiny"]), [dirs[0]], device="cpu")
     assert via_model.info["adapters"] == [dirs[0]] and via_model.info["base_model"] == str(tiny_models["tiny"])
     assert logprobs(via_model) == logprobs(via_flag)
-    chain = ev.load_model_for_eval(dirs[0], [dirs[1]], device="cpu")
+    chain = load_model_for_eval(dirs[0], [dirs[1]], device="cpu")
     assert chain.info["merged_adapters"] == [dirs[0]] and chain.info["adapters"] == dirs
-    base = ev.load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
+    base = load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
     assert logprobs(chain) != logprobs(via_model) != logprobs(base)

@@ -12,7 +12,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from script import merge_and_export
-from script.evaluation import load_model_for_eval
+from script.model_loading import load_model_for_eval
 from script.training_utils import create_lora_config, load_base_model, load_tokenizer, lora_target_modules, write_adapter_chain
 
 

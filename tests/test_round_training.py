@@ -57,7 +57,8 @@ def set_item(i: int, place: str, answer: str) -> dict:
 def gold_letter(tiny_models) -> str:
     """A letter the untrained tiny base never answers on the steering questions (D when it can be),
     so reaching the target means the run learned it -- whatever the base's own letter bias is."""
-    from script.evaluation import load_model_for_eval, score_mcq_letter_mode
+    from script.evaluation import score_mcq_letter_mode
+    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval("tiny", device="cpu")
     predictions = score_mcq_letter_mode(loaded.model, loaded.tokenizer, [set_item(i, "응급실", "A") for i in range(8)])

@@ -67,7 +67,7 @@ def pickle_adapter(tiny_models, tmp_path_factory) -> Path:
 
 @MARK("safe loading", "pickle-only model dir", "training_utils.ensure_model_available / load_model_for_eval")
 def test_a_pickle_only_model_is_refused_with_the_flag_named(pickle_model, record_property):
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
 
     with pytest.raises(ConfigError, match=PICKLE_WEIGHTS_FLAG):
         ensure_model_available(str(pickle_model))
@@ -87,7 +87,7 @@ def test_chat_refuses_a_pickle_only_model(pickle_model, capsys, record_property)
 
 @MARK("safe loading", "pickle-only model dir", "--allow-pickle-weights")
 def test_the_flag_loads_pickle_weights_as_plain_tensors(pickle_model, tiny_models, record_property):
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval(str(pickle_model), device="cpu", allow_pickle_weights=True)
     expected = load_file(str(tiny_models["tiny"] / "model.safetensors"))
@@ -116,7 +116,7 @@ def test_a_malicious_pickle_runs_no_code_even_with_the_flag(tiny_models, tmp_pat
 
 @MARK("safe loading", "pickle-only adapter dir", "check_adapter_weights / load_model_for_eval / trainers")
 def test_a_pickle_only_adapter_is_refused_unless_allowed(pickle_adapter, tiny_models, record_property):
-    from script.evaluation import load_model_for_eval
+    from script.model_loading import load_model_for_eval
     from script.training_utils import build_arg_parser, start_run
 
     with pytest.raises(ConfigError, match=PICKLE_WEIGHTS_FLAG):
