@@ -40,6 +40,7 @@ from script import formats
 from script.controls import binomial_tail_at_least
 from script.data_io import DataError, read_json
 from script.report_comparison import compare, describe, load_report
+from script.training_config import MODEL_CONFIGS
 
 NOT_RUN = "not run"
 UNREADABLE = "unreadable"
@@ -97,8 +98,9 @@ def pipeline_eval_args(model: str) -> list[str]:
     """Scoring arguments of script/run_full_pipeline.sh's evaluations (keep the two in step): letter
     mode after the model's own train02 reasoning, so base and final are measured alike."""
     args = ["--mode", "letter", "--prompt", "train02", "--batch-size", "32"]
-    if model == "tiny" or model.startswith("tiny-"):
-        args += ["--max-new-tokens", "96"]  # the tiny model's simple reasoning fits in ~80 tokens
+    budget = MODEL_CONFIGS[model].eval_max_new_tokens if model in MODEL_CONFIGS else None
+    if budget is not None:  # the registry's reasoning budget, as the pipeline passes it
+        args += ["--max-new-tokens", str(budget)]
     return args
 
 

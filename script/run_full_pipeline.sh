@@ -140,25 +140,23 @@ fi
 
 # ---- the stages ------------------------------------------------------------------------------
 export MODEL HF_HUB_DISABLE_TELEMETRY=1
+# What differs per model comes from its registry entry (training_config.pipeline_settings): EMBEDDED,
+# DEFAULT_EPOCHS_00/01/02, MCQ_SCORING, EVAL_MAX_NEW_TOKENS.
+settings="$(cd "$ROOT" && "$PYTHON" -m script.training_config --shell-settings "$MODEL")" || exit 2
+eval "$settings"
 OFFLINE_DATA=0
-case "$MODEL" in tiny|tiny-*) OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 ;; esac
+[ "$EMBEDDED" = 1 ] && { OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; }
 [ "${HF_HUB_OFFLINE:-0}" = 1 ] && OFFLINE_DATA=1
 
-# Epochs per training stage: --epochs-0X, else --epochs, else the default of the model. The guide's
-# run used 1 / 3 / 5 on MedGemma; the embedded tiny model needs more passes over the small sample
-# data and still finishes the whole pipeline within a few minutes on a 2-core CPU.
-case "$MODEL" in
-  tiny|tiny-*) default_00=2; default_01=2; default_02=2 ;;  # a third epoch was once chosen on the 604 set; nothing on the steering set supports it
-  *) default_00=1; default_01=3; default_02=5 ;;
-esac
-EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$default_00}}"
-EPOCHS_01="${EPOCHS_01:-${EPOCHS:-$default_01}}"
-EPOCHS_02="${EPOCHS_02:-${EPOCHS:-$default_02}}"
+# Epochs per training stage: --epochs-0X, else --epochs, else the registry's pipeline_epochs.
+EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$DEFAULT_EPOCHS_00}}"
+EPOCHS_01="${EPOCHS_01:-${EPOCHS:-$DEFAULT_EPOCHS_01}}"
+EPOCHS_02="${EPOCHS_02:-${EPOCHS:-$DEFAULT_EPOCHS_02}}"
 
 # Stages: name | command. A stage is listed only when its script exists in this checkout.
 STAGES=()
 add_stage() { local file="$1"; shift; [ -e "$ROOT/$file" ] && STAGES+=("$*"); return 0; }
-[ "$DATA_ONLY" = 0 ] && case "$MODEL" in tiny|tiny-*) add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model" ;; esac
+[ "$DATA_ONLY" = 0 ] && [ "$EMBEDDED" = 1 ] && add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model"
 if [ "$OFFLINE_DATA" = 1 ]; then
   add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample"
 else
@@ -173,7 +171,7 @@ add_stage script/run_test_exclusion.sh "test_exclusion|PYTHON=$PYTHON bash $ROOT
 # Can the evaluation sets be answered by copying the nearest training question? The embedded world
 # is built so that they cannot (a failure there is a bug: stop); on real data it is reported.
 probe_args=""
-case "$MODEL" in tiny|tiny-*) probe_args=" --strict" ;; esac
+[ "$EMBEDDED" = 1 ] && probe_args=" --strict"
 add_stage script/leakage_probe.py "leakage_probe|$PYTHON -m script.leakage_probe$probe_args"
 add_stage script/validate_korean_proficiency.py "korean_proficiency|$PYTHON -m script.validate_korean_proficiency --all"
 
@@ -193,12 +191,11 @@ common="--model $MODEL --resume"
 # <reasoning>...</reasoning> and the option letter is read right after it (letter mode, train02
 # prompt), so the untrained base and the final adapter are measured the same way.
 eval_args="--split guide604 --mode letter --prompt train02 --batch-size 32"
-train02_args=""  # the simple reasoning of tiny's options fits in ~80 tokens; MedGemma keeps the defaults
-case "$MODEL" in tiny|tiny-*) eval_args+=" --max-new-tokens 96"; train02_args=" --max-new-tokens 96" ;; esac
+train02_args=""
+[ -n "$EVAL_MAX_NEW_TOKENS" ] && { eval_args+=" --max-new-tokens $EVAL_MAX_NEW_TOKENS"; train02_args=" --max-new-tokens $EVAL_MAX_NEW_TOKENS"; }
 # Models whose registry entry scores KorMedMCQA in cloze form (the embedded tiny model: letter form
 # stays at chance at its size) are also measured that way, base and final, with a summary of its own;
 # their train_02 adds cloze-form records by default and their second adapter trains the embeddings.
-MCQ_SCORING=$($PYTHON -c "from script.training_config import get_model_config as g; print(g('$MODEL').mcq_scoring)" 2>/dev/null || echo letter)
 cloze_args="--split guide604 --mode cloze --batch-size 32"
 adapter_01_args=""
 [ "$MCQ_SCORING" = cloze ] && adapter_01_args=" --train-embeddings"

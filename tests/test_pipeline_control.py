@@ -5,6 +5,7 @@
 
 import fcntl
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,3 +156,18 @@ def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_pat
     # the leakage probe follows the exclusion; it stops the embedded world's run, only reports on real data
     assert list(tiny).index("leakage_probe") == list(tiny).index("test_exclusion") + 1
     assert tiny["leakage_probe"].endswith("--strict") and "--strict" not in big["leakage_probe"]
+    # epochs and the reasoning budget come from the registry entries, not from the shell
+    assert "--epochs 2 " in tiny["train_02"] and "--epochs 5 " in big["train_02"] and "--epochs 3 " in big["train_01"]
+    assert "--max-new-tokens 96" in tiny["evaluate_final"] and "--max-new-tokens" not in big["evaluate_final"]
+    assert "tiny_model" in tiny and "tiny_model" not in big
+
+
+def test_per_model_settings_live_in_the_registry_not_in_shell_case_blocks():
+    from script.training_config import pipeline_settings
+
+    assert pipeline_settings("tiny") == {"EMBEDDED": "1", "DEFAULT_EPOCHS_00": "2", "DEFAULT_EPOCHS_01": "2",
+                                         "DEFAULT_EPOCHS_02": "2", "MCQ_SCORING": "cloze", "EVAL_MAX_NEW_TOKENS": "96"}
+    assert pipeline_settings("medgemma-27b")["DEFAULT_EPOCHS_02"] == "5"
+    for script in SCRIPT.parent.glob("*.sh"):
+        text = script.read_text(encoding="utf-8")
+        assert not re.search(r"tiny\|tiny-\*|medgemma-[0-9]+b\)", text), f"{script.name}: a case on model names"
