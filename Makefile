@@ -17,10 +17,10 @@ PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-# The venv is (re)installed only when requirements.txt or pyproject.toml change.
-$(STAMP): requirements.txt pyproject.toml
+# The venv is (re)installed only when the requirements or pyproject.toml change.
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
@@ -89,7 +89,7 @@ divisions: setup  ## Phase 5: annotate divisions, validate/fix, check, organize,
 # lm-evaluation-harness is installed into the same venv only for this target (its own stamp).
 CROSSCHECK_STAMP := $(VENV)/.crosscheck-stamp
 $(CROSSCHECK_STAMP): requirements-crosscheck.txt $(STAMP)
-	$(PY) -m pip install --quiet -r requirements-crosscheck.txt
+	$(PY) -m pip install --quiet -e ".[crosscheck]"
 	touch $(CROSSCHECK_STAMP)
 
 eval-crosscheck: $(CROSSCHECK_STAMP)  ## lm-evaluation-harness vs our letter/generate modes, item by item (JSON)

@@ -4,7 +4,7 @@
     python -m script.eval_crosscheck --model tiny --n 50 --only letter
     python -m script.eval_crosscheck --model model/type3_word/medgemma-4b/final --device cuda
 
-Needs lm_eval (``pip install -r requirements-crosscheck.txt``; ``make eval-crosscheck`` installs it).
+Needs lm_eval (``pip install -e .[crosscheck]``; ``make eval-crosscheck`` installs it).
 Runs offline: the harness loads the same local model dir itself (``hf`` model type,
 ``pretrained=<dir>``, one adapter as ``peft=<dir>``; see ``harness_model_args`` for the adapters it
 cannot load) and reads the items from a JSONL this script writes, never the hub. Two comparisons,
@@ -67,7 +67,8 @@ GENERATE_TASK_YAML = CONFIG_DIR / "kormedmcqa_local.yaml"
 DATA_FILE_NAME = "kormedmcqa_items.jsonl"
 COMPARISONS = ("letter", "generate")
 EXAMPLES = 10  # disagreements listed in the JSON; every item is in the per-item files
-INSTALL_HINT = "install it with `make eval-crosscheck` or `pip install -r requirements-crosscheck.txt`"
+INSTALL_HINT = ("install it with `make eval-crosscheck` or `pip install -e '.[crosscheck]'`"
+                " (requirements-crosscheck.txt)")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
