@@ -143,6 +143,12 @@ class RunConfig:
     # --allow-pickle-weights: accept model/adapter dirs that offer only pickle (.bin) weights.
     allow_pickle_weights: bool = False
     batching: str = "padding-free"  # see BATCHING_CHOICES
+    # single, ddp, fsdp or deepspeed (see launch_kind); fsdp/ZeRO-3 load no full model per device
+    launch: str = "single"
+    # who checkpoints activations: "trainer" (gradient_checkpointing), "fsdp" (the launch config), or "off"
+    activation_checkpointing_by: str = "off"
+    # multi-process launches: what each rank held right after loading (load_report), gathered
+    load_by_rank: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("model_config", "memory_config")}
@@ -164,12 +170,10 @@ def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> No
 
 
 def set_seed(seed: int) -> None:
-    import numpy as np
-    import torch
+    """Python, numpy and torch (every device) seeded at once: transformers' own helper."""
+    from transformers import set_seed as seed_everything
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
 
 
 def resolve_device(requested: str = "auto") -> str:
@@ -233,6 +237,9 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
     grad_accum = args.grad_accum or (memory.embedding_grad_accum if train_embeddings and memory.embedding_grad_accum
                                      else model_config.grad_accum)
     gc = {"on": True, "off": False}.get(args.gradient_checkpointing, memory.use_gradient_checkpointing)
+    launch = launch_kind()
+    check_launch_environment(launch, device)
+    quantization, gc, checkpointing_by = sharded_launch_settings(launch, args.quantization, quantization, gc)
     run = RunConfig(
         script=script or Path(sys.argv[0]).stem,
         stage=stage,
@@ -265,7 +272,13 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
         args={k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         started_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         allow_pickle_weights=getattr(args, "allow_pickle_weights", False),
+        launch=launch,
+        activation_checkpointing_by=checkpointing_by,
     )
+    if shards_weights(launch) and run.show_samples_every > 0:
+        logger.info("%s launch: periodic evaluations during training are off (a forward pass needs every "
+                    "rank); the evaluation before and after training still runs", launch.upper())
+        run.show_samples_every = 0
     set_seed(run.seed)
     logger.info("*** %s: %s on %s (%s, quantization=%s) -> %s", run.script, run.model_name, run.device,
                 run.dtype, run.quantization, run.output_dir)
@@ -288,6 +301,63 @@ def is_main_process() -> bool:
     return process_rank() == 0
 
 
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes")
+
+
+def launch_kind() -> str:
+    """single, ddp, fsdp or deepspeed: what ``accelerate launch --config_file configs/accelerate/<x>.yaml``
+    (it exports ACCELERATE_USE_FSDP / ACCELERATE_USE_DEEPSPEED) or torchrun started."""
+    if _env_flag("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        return "deepspeed"
+    return "ddp" if world_size() > 1 else "single"
+
+
+def shards_weights(launch: str | None = None) -> bool:
+    """FSDP and ZeRO-3 split the base weights over the ranks; DDP and ZeRO-2 keep a full copy on each."""
+    launch = launch or launch_kind()
+    return launch == "fsdp" or (launch == "deepspeed" and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3")
+
+
+def check_launch_environment(launch: str, device: str) -> None:
+    """A DeepSpeed launch needs the package and CUDA; say so before anything loads."""
+    if launch != "deepspeed":
+        return
+    if not device.startswith("cuda"):
+        raise ConfigError("DeepSpeed ZeRO needs CUDA GPUs and none is visible: on CPU launch with "
+                          "configs/accelerate/fsdp.yaml or ddp.yaml (or torchrun)")
+    try:
+        import deepspeed  # noqa: F401  (only to check that it is installed)
+    except ImportError as exc:
+        raise ConfigError(f"DeepSpeed launch but deepspeed is not installed ({exc}): "
+                          "pip install -e '.[deepspeed]'") from exc
+
+
+def sharded_launch_settings(launch: str, requested_quantization: str, quantization: str,
+                            gradient_checkpointing: bool) -> tuple[str, bool, str]:
+    """(quantization, trainer gradient checkpointing, who checkpoints) for this launch.
+
+    Under FSDP / ZeRO-3 the sharded base is bf16: bitsandbytes' 8-bit weights cannot be sharded and
+    nf4 needs a quantized storage dtype this toolkit does not set up for sharding, so an explicit
+    8bit/4bit is refused and ``auto`` becomes ``none``. When the FSDP config checkpoints activations
+    itself (``fsdp_activation_checkpointing: true``), the Trainer must not do it too (transformers
+    refuses the pair), so the memory profile's gradient checkpointing is handed to FSDP."""
+    if not shards_weights(launch):
+        return quantization, gradient_checkpointing, "trainer" if gradient_checkpointing else "off"
+    if requested_quantization in ("8bit", "4bit"):
+        raise ConfigError(f"--quantization {requested_quantization} cannot be sharded under {launch.upper()}: "
+                          "use --quantization none (bf16 base, sharded over the GPUs) or a DDP launch "
+                          "(configs/accelerate/ddp.yaml) for a quantized base")
+    if quantization != "none":
+        logger.info("%s launch: the base is sharded in %s, not quantized (--quantization auto -> none)",
+                    launch.upper(), "bf16")
+    if launch == "fsdp" and _env_flag("FSDP_ACTIVATION_CHECKPOINTING"):
+        return "none", False, "fsdp"
+    return "none", gradient_checkpointing, "trainer" if gradient_checkpointing else "off"
+
+
 def global_batch(run: RunConfig) -> int:
     """Records per optimizer step over all processes: batch x grad-accum x processes."""
     return run.batch * run.grad_accum * world_size()
@@ -295,60 +365,59 @@ def global_batch(run: RunConfig) -> int:
 
 def init_distributed(run: RunConfig) -> int:
     """Join the launch's process group now (the Trainer joins it only when it is built), so that
-    work outside a Trainer can use the collectives below. nccl on CUDA, gloo on CPU, with the
-    Trainer's default timeout (the Trainer then reuses this group). Returns the world size."""
+    work outside a Trainer can use the collectives below. accelerate's ``PartialState`` picks nccl on
+    CUDA and gloo on CPU, with the Trainer's default timeout; the Trainer then reuses the group.
+    Returns the world size."""
     world = world_size()
     if world > 1:
         import torch
-        import torch.distributed as dist
+        from accelerate import PartialState
         from transformers import TrainingArguments
 
-        if not dist.is_initialized():
-            device = torch.device(run.device)
-            if device.type == "cuda":
-                torch.cuda.set_device(device)  # object collectives and barriers use the current device
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=_dt.timedelta(seconds=TrainingArguments.ddp_timeout),
-                                    device_id=device if device.type == "cuda" else None)
+        on_cuda = torch.device(run.device).type == "cuda"
+        state = PartialState(cpu=not on_cuda, timeout=_dt.timedelta(seconds=TrainingArguments.ddp_timeout))
+        if state.num_processes != world:
+            raise RuntimeError(f"WORLD_SIZE is {world} but the process group has {state.num_processes} processes")
     return world
 
 
-def _process_group():
-    """torch.distributed when this process is one of several, else None."""
-    if world_size() == 1:
-        return None
-    import torch.distributed as dist
+def _require_process_group() -> None:
+    """Several processes but no group: each rank would silently go its own way (accelerate's
+    collectives are no-ops without one), so refuse."""
+    if world_size() > 1:
+        import torch.distributed as dist
 
-    if not dist.is_initialized():  # each rank would go its own way
-        raise RuntimeError("multi-process launch but no process group: call init_distributed(run) first")
-    return dist
+        if not dist.is_initialized():
+            raise RuntimeError("multi-process launch but no process group: call init_distributed(run) first")
 
 
 def barrier() -> None:
     """Wait until every process gets here (e.g. until rank 0 has written what all of them read)."""
-    dist = _process_group()
-    if dist is not None:
-        dist.barrier()
+    if world_size() > 1:
+        from accelerate import PartialState
+
+        _require_process_group()
+        PartialState().wait_for_everyone()
 
 
 def broadcast_from_main(obj: Any) -> Any:
     """Rank 0's ``obj`` on every process (picklable objects)."""
-    dist = _process_group()
-    if dist is None:
+    if world_size() == 1:
         return obj
-    box = [obj if is_main_process() else None]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
+    from accelerate.utils import broadcast_object_list
+
+    _require_process_group()
+    return broadcast_object_list([obj if is_main_process() else None], from_process=0)[0]
 
 
 def all_gather_objects(obj: Any) -> list:
     """Every process's ``obj``, in rank order, on every process."""
-    dist = _process_group()
-    if dist is None:
+    if world_size() == 1:
         return [obj]
-    gathered: list = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, obj)
-    return gathered
+    from accelerate.utils import gather_object
+
+    _require_process_group()
+    return gather_object([obj])
 
 
 # ---------------------------------------------------------------------------
@@ -457,7 +526,7 @@ def is_multimodal(model_or_config) -> bool:
     return getattr(config, "model_type", "") == "gemma3" or hasattr(config, "vision_config")
 
 
-def load_base_model(path: str, device: str, dtype, quantization: str = "none",
+def load_base_model(path: str, device: str | None, dtype, quantization: str = "none",
                     gradient_checkpointing: bool = False, attn_implementation: str = "eager",
                     allow_pickle_weights: bool = False):
     """Load a Gemma-3 text or multimodal checkpoint for training, safetensors only
@@ -465,20 +534,48 @@ def load_base_model(path: str, device: str, dtype, quantization: str = "none",
 
     Multimodal checkpoints (MedGemma-4B-it, tiny-mm) load as Gemma3ForConditionalGeneration
     through AutoModelForCausalLM; their vision tower is frozen.
+
+    ``device=None`` (FSDP / ZeRO-3 launches, see ``model_load_plan``) passes no ``device_map``:
+    transformers then loads the weights on rank 0's CPU only (FSDP's cpu_ram_efficient_loading; the
+    other ranks hold meta tensors until FSDP broadcasts the shards) or partitioned (ZeRO-3's zero.Init).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path, trust_remote_code=False)
     multimodal = is_multimodal(config)
+    if device is None and fsdp_rank_holds_no_weights():
+        # FSDP's cpu_ram_efficient_loading: rank 0 reads the checkpoint; accelerate broadcasts its
+        # values into every rank's shards when the Trainer prepares the model, so the other ranks need
+        # only the structure: uninitialised CPU placeholders (what accelerate expects there) and real
+        # non-persistent buffers (rotary tables). transformers 5 no longer does this by itself: every
+        # rank would read and hold a whole copy.
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation,
+                                                     trust_remote_code=False)
+        model.tie_weights()  # init_weights, which ties them, was skipped
+        return _prepare_loaded_model(model, multimodal, quantization, gradient_checkpointing)
     model = AutoModelForCausalLM.from_pretrained(
         path,
         dtype=dtype,
-        device_map={"": device},
+        device_map=None if device is None else {"": device},
         quantization_config=_quantization_config(quantization, dtype, multimodal),
         attn_implementation=attn_implementation,  # recommended for Gemma 3 training
         use_safetensors=None if allow_pickle_weights else True,
         trust_remote_code=False,
     )
+    return _prepare_loaded_model(model, multimodal, quantization, gradient_checkpointing)
+
+
+def fsdp_rank_holds_no_weights() -> bool:
+    """Under FSDP with cpu_ram_efficient_loading, every rank but each machine's first loads nothing."""
+    return (launch_kind() == "fsdp" and _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING")
+            and int(os.environ.get("LOCAL_RANK", "0")) != 0)
+
+
+def _prepare_loaded_model(model, multimodal: bool, quantization: str, gradient_checkpointing: bool):
+    """Frozen vision tower, k-bit preparation and gradient checkpointing of a freshly loaded base."""
     if multimodal:
         for name, param in model.named_parameters():
             if "vision_tower" in name or "multi_modal_projector" in name:
@@ -508,6 +605,7 @@ def load_model_and_tokenizer(run: RunConfig, adapter_trainable: bool = True):
     import torch
 
     dtype = getattr(torch, run.dtype)
+    plan = model_load_plan(run)
     if is_adapter_dir(path):
         chain = resolve_adapter_chain(path)
         model, tokenizer = load_merged_chain(run, chain[:-1], tokenizer_dirs=chain[-1:])
@@ -516,9 +614,42 @@ def load_model_and_tokenizer(run: RunConfig, adapter_trainable: bool = True):
         run.adapter_parents = chain[:-1]
     else:
         tokenizer = load_tokenizer(path)
-        model = load_base_model(path, run.device, dtype, run.quantization, run.gradient_checkpointing,
+        model = load_base_model(path, plan["device"], dtype, run.quantization, run.gradient_checkpointing,
                                 allow_pickle_weights=run.allow_pickle_weights)
+    _SHARDED_LOADING_ARGS.clear()
+    if world_size() > 1:
+        init_distributed(run)
+        run.load_by_rank = all_gather_objects(load_report(model))
+        logger.info("loaded per rank: %s", run.load_by_rank)
     return model, tokenizer
+
+
+# A ZeRO-3 launch loads partitioned only while a DeepSpeed config is registered with transformers
+# (a weak reference held by TrainingArguments), so the arguments built for loading live until then.
+_SHARDED_LOADING_ARGS: list = []
+
+
+def model_load_plan(run: RunConfig) -> dict:
+    """Where this rank's copy of the base goes, decided before anything loads.
+
+    single / DDP: the whole model on this process's device. FSDP: no device map, after joining the
+    process group, so that transformers' cpu_ram_efficient_loading keeps the weights on rank 0's CPU
+    and meta tensors elsewhere. ZeRO-3: the training arguments are built first; they register the
+    DeepSpeed config that makes ``from_pretrained`` partition the weights as they load."""
+    if not shards_weights(run.launch):
+        return {"launch": run.launch, "device": run.device, "device_map": {"": run.device}}
+    init_distributed(run)
+    if run.launch == "deepspeed":
+        from transformers.integrations import is_deepspeed_zero3_enabled
+
+        _SHARDED_LOADING_ARGS.append(build_sft_config(run))
+        if not is_deepspeed_zero3_enabled():
+            raise ConfigError("ZeRO-3 launch but transformers sees no ZeRO-3 config: launch with "
+                              "accelerate launch --config_file configs/accelerate/zero3.yaml")
+    elif not _env_flag("FSDP_CPU_RAM_EFFICIENT_LOADING"):
+        logger.warning("FSDP without fsdp_cpu_ram_efficient_loading: every rank loads the whole base on its CPU "
+                       "before sharding (configs/accelerate/fsdp.yaml turns it on)")
+    return {"launch": run.launch, "device": None, "device_map": None}
 
 
 def adapter_base_model(adapter_dir: str | Path, fallback: str | None = None) -> str:
@@ -835,6 +966,15 @@ def build_sft_config(run: RunConfig, has_eval: bool = False, **overrides):
     return SFTConfig(**kwargs)
 
 
+def check_trainer_launch(run: RunConfig) -> None:
+    """An FSDP launch on CPU would train, but unsharded: accelerate enables FSDP only for GPU process
+    groups (a CPU group stays MULTI_CPU data parallel), so the launch would not be what it says."""
+    if run.launch == "fsdp" and not run.device.startswith("cuda"):
+        raise ConfigError("FSDP shards only on GPUs (accelerate turns an FSDP launch on CPU into plain data "
+                          "parallel, every rank holding the whole model): on CPU launch with "
+                          "configs/accelerate/ddp.yaml or torchrun")
+
+
 def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=None, callbacks=(),
                   **config_overrides):
     """An SFTTrainer for prompt/completion data (completion-only loss), logging to TensorBoard."""
@@ -842,6 +982,7 @@ def build_trainer(run: RunConfig, model, tokenizer, train_dataset, eval_dataset=
 
     # TensorBoard event files under logs/tensorboard/<stage>_<MODEL>/ (make tensorboard serves logs/tensorboard).
     os.environ["TENSORBOARD_LOGGING_DIR"] = str(TENSORBOARD_DIR / f"{run.stage}_{run.model_name}")
+    check_trainer_launch(run)
     config = build_sft_config(run, has_eval=eval_dataset is not None, **config_overrides)
     callbacks = [make_progress_callback(LOG_DIR / f"progress_{run.model_name}.txt", run.stage, run.model_name),
                  *callbacks, *fault_injection_callbacks()]
@@ -1031,12 +1172,14 @@ def peak_memory_bytes(device: str) -> int | None:
         return None
 
 
-def save_final(model, tokenizer, output_dir: Path, parents: Sequence[str] = ()) -> Path:
+def save_final(model, tokenizer, output_dir: Path, parents: Sequence[str] = (), state_dict: dict | None = None
+               ) -> Path:
     """``final/`` = adapter + tokenizer (+ ``adapter_chain.json`` naming ``parents``, the adapters
-    merged under it), written to a temp dir and renamed into place."""
+    merged under it), written to a temp dir and renamed into place. ``state_dict``: the full
+    (gathered) weights of a sharded model, from which PEFT keeps the adapter's."""
 
     def save(tmp: Path) -> None:
-        model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         write_adapter_chain(tmp, parents)
 
@@ -1128,13 +1271,20 @@ def train_and_save(run: RunConfig, trainer, tokenizer, extra_info: dict | None =
                        run.output_dir)
     # Under a multi-process launch every rank trains; only rank 0 evaluates and writes the outputs
     # (the Trainer already saves checkpoints from rank 0 only).
+    # Under FSDP / ZeRO-3 a forward pass needs every rank, so every rank runs the evaluations (same
+    # inputs, in step) and joins the gathering of the full adapter; rank 0 alone keeps and writes them.
     main_process = trainer.is_world_process_zero()
-    before = evaluate(trainer.model) if evaluate and not resume_from and main_process else {}
+    sharded = shards_weights(run.launch)
+    before = evaluate(trainer.model) if evaluate and not resume_from and (main_process or sharded) else {}
     logger.info("*** Train ***")
     result = trainer.train(resume_from_checkpoint=resume_from)
+    full_state = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
     if not main_process:
+        if sharded and evaluate:
+            evaluate(trainer.model)
         return {"metrics": {"global_step": int(trainer.state.global_step)}, "rank": int(os.environ.get("RANK", "0"))}
-    final = save_final(trainer.model, tokenizer, run.output_dir, parents=run.adapter_parents)
+    final = save_final(trainer.accelerator.unwrap_model(trainer.model) if sharded else trainer.model, tokenizer,
+                       run.output_dir, parents=run.adapter_parents, state_dict=full_state)
     logger.info("saved adapter and tokenizer to %s", final)
     metrics = dict(result.metrics)
     metrics["train_loss"] = float(result.training_loss)
@@ -1312,7 +1462,7 @@ def load_merged_chain(run: RunConfig, parents: Sequence[str], tokenizer_dirs: Se
     ensure_model_available(base_path, run.allow_pickle_weights)
     tokenizer_dir = next((a for a in reversed(adapters) if Path(a, "tokenizer_config.json").is_file()), base_path)
     tokenizer = load_tokenizer(tokenizer_dir)
-    model = load_base_model(base_path, run.device, getattr(torch, run.dtype), run.quantization,
+    model = load_base_model(base_path, model_load_plan(run)["device"], getattr(torch, run.dtype), run.quantization,
                             run.gradient_checkpointing, allow_pickle_weights=run.allow_pickle_weights)
     return merge_adapters(model, list(parents), run.quantization, run.allow_pickle_weights), tokenizer
 
@@ -1645,8 +1795,28 @@ def training_options(trainer, **extra) -> dict:
         "attn_implementation": getattr(getattr(model, "config", None), "_attn_implementation", None),
         "bf16": bool(args.bf16),
         "optim": str(getattr(args.optim, "value", args.optim)),
+        "sharded_parameters": sharded_parameter_count(trainer.model),
         **extra,
     }
+
+
+def sharded_parameter_count(model) -> int:
+    """Parameters held as DTensor shards (FSDP2); 0 for a model each rank keeps whole."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # a torch built without distributed
+        return 0
+    return sum(isinstance(p, DTensor) for p in model.parameters())
+
+
+def load_report(model) -> dict:
+    """What this rank materialised at load time: tensors and bytes per device type (``meta`` = not loaded)."""
+    by_device: dict[str, dict] = {}
+    for tensor in [*model.parameters(), *model.buffers()]:
+        entry = by_device.setdefault(tensor.device.type, {"tensors": 0, "bytes": 0})
+        entry["tensors"] += 1
+        entry["bytes"] += tensor.numel() * tensor.element_size()
+    return {"rank": process_rank(), "read_checkpoint": not fsdp_rank_holds_no_weights(), "by_device": by_device}
 
 
 def update_training_info(run: RunConfig, info: dict, **fields) -> dict:
