@@ -267,6 +267,19 @@ def export_adapter_main(loaded, output: Path, prompts: Sequence[str], reference:
     return 0
 
 
+def merged_model_card(info: dict, output: Path, difference: float, tolerance: float) -> str:
+    """The Hub card of a merged export: the base it was merged into, the adapters, the logit check."""
+    from script.model_card import render_card
+    from script.training_utils import git_sha
+
+    record = {"script": "merge_and_export", "model": info["name"], "git_sha": git_sha(),
+              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "stage": "merged", "config": {"dtype": info["dtype"]},
+              "metrics": {"adapters merged": len(info["adapters"]), "max abs logit difference": difference,
+                          "tolerance": tolerance}}
+    return render_card(record, info["base_model"], str(output), parents=info["adapters"], merged=True)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
@@ -346,6 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_abs_logit_difference": difference, "tolerance": tolerance,
             "git_sha": git_sha(), "versions": library_versions(),
         }, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        (tmp / "README.md").write_text(merged_model_card(info, output, difference, tolerance), encoding="utf-8")
 
     try:
         atomic_write_dir(output, write)

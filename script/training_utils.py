@@ -32,6 +32,7 @@ from typing import Any
 from script import formats
 from script.data_io import atomic_write_dir, atomic_write_json, atomic_write_text, count_lines, sha256_file
 from script.evaluation import plain_text_perplexity, train02_eval_fn
+from script.model_card import write_run_cards
 from script.training_config import (
     DEFAULT_MODEL,
     EMBEDDING_MODULES,
@@ -1204,46 +1205,16 @@ def write_training_info(run: RunConfig, info: dict) -> dict:
         **info,
     }
     atomic_write_json(run.output_dir / "training_info.json", record)
-    write_model_readme(run.output_dir, record)
+    write_model_readme(run, record)
     return record
 
 
-def write_model_readme(output_dir: Path, info: dict) -> None:
-    metrics = info.get("metrics", {})
-    lines = [
-        f"# {info['script']} — {info['model']}",
-        "",
-        f"LoRA adapter trained from `{info['base_model']}` by `{info['script']}`"
-        f" (git {info.get('git_sha') or 'unknown'}), finished {info['finished_at']}.",
-        "",
-        "| what | value |",
-        "|---|---|",
-        f"| training samples | {info.get('train_samples', '-')} |",
-        f"| validation samples | {info.get('validation_samples', '-')} |",
-        f"| epochs | {info['epochs']} |",
-        f"| effective batch | {info['effective_batch']} |",
-        f"| learning rate | {info['config']['lr']} |",
-        f"| LoRA r / alpha | {info['config']['lora_r']} / {info['config']['lora_alpha']} |",
-        f"| device / dtype | {info['config']['device']} / {info['config']['dtype']} |",
-        f"| quantization | {info['config']['quantization']} |",
-    ]
-    lines += [f"| {k} | {v:.4g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items()]
-    lines += [
-        "",
-        "Load it:",
-        "",
-        "```python",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "from peft import PeftModel",
-        f"base = AutoModelForCausalLM.from_pretrained({info['base_model']!r})",
-        f"model = PeftModel.from_pretrained(base, {str(output_dir / 'final')!r})",
-        f"tokenizer = AutoTokenizer.from_pretrained({str(output_dir / 'final')!r})",
-        "```",
-        "",
-        "`training_info.json` beside this file has the full configuration, data hashes and metrics.",
-        "",
-    ]
-    atomic_write_text(output_dir / "README.md", "\n".join(lines))
+def write_model_readme(run: RunConfig, info: dict) -> None:
+    """The run's Hub-style card (script/model_card.py): ``base_model`` is the model the adapter chain
+    starts from, not the parent adapter dir a chained stage was given."""
+    final = run.output_dir / "final"
+    root = adapter_base_model(final, fallback=run.base_model) if is_adapter_dir(final) else run.base_model
+    write_run_cards(run.output_dir, info, root, run.adapter_parents)
 
 
 def target_met(value: float, op: str, target: float) -> bool:

@@ -5,6 +5,7 @@ adapter model's logits; a merge that does not match is refused and writes nothin
 """
 
 import json
+import re
 
 import pytest
 import torch
@@ -60,6 +61,17 @@ def test_merged_chain_loads_without_peft_and_matches_the_adapter_model(chain, tm
     untouched = merge_and_export.prompt_logits(base, reference.tokenizer, prompts)
     assert merge_and_export.max_abs_difference(want, got) < 1e-3
     assert merge_and_export.max_abs_difference(want, untouched) > 1e-2  # the adapters did change the model
+
+    # the card parses with the hub's parser and its snippet loads the merged weights as written
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == str(reference.info["base_model"]) and "merged" in card.data.tags
+    assert all(f"`{a}`" in card.content for a in info["adapters"])
+    namespace: dict = {}
+    exec(re.search(r"```python\n(.*?)```", card.content, re.S).group(1), namespace)  # noqa: S102
+    assert merge_and_export.max_abs_difference(
+        want, merge_and_export.prompt_logits(namespace["model"], namespace["tokenizer"], prompts)) < 1e-3
 
 
 def test_a_mismatching_merge_writes_nothing(chain, tmp_path, monkeypatch, capsys):

@@ -33,6 +33,7 @@ from script.training_utils import (
     start_run,
     to_sft_dataset,
     train02_records,
+    write_training_info,
 )
 
 OPTIONS = {"A": "폐렴", "B": "천식", "C": "위염", "D": "빈혈", "E": "통풍"}
@@ -44,6 +45,33 @@ SHORT = ["--max-length", "128", "--batch-size", "4"]
 # ---------------------------------------------------------------------------
 # Fixtures: small data written into tmp dirs, never the checkout's data/
 # ---------------------------------------------------------------------------
+def assert_card_loads_what_it_describes(final: Path, parents, expected=None):
+    """final/README.md parses with the hub's card parser, and its load snippet, run as written, gives
+    the model the toolkit's own loader gives (or ``expected = (batch, logits)``)."""
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(final / "README.md")
+    assert card.data.library_name == "peft" and "ko" in card.data.language and "lora" in card.data.tags
+    assert not Path(card.data.base_model, "adapter_config.json").exists(), "base_model is an adapter dir"
+    assert (final.parent / "README.md").read_text(encoding="utf-8") == (final / "README.md").read_text(encoding="utf-8")
+    snippet = re.search(r"```python\n(.*?)```", card.content, re.S).group(1)
+    for parent in parents:
+        assert repr(parent) in snippet
+    namespace: dict = {}
+    exec(snippet, namespace)  # noqa: S102 -- the card's own code, as a user would paste it
+    model, tokenizer = namespace["model"], namespace["tokenizer"]
+    model.eval()
+    if expected is None:
+        reference = load_model_for_eval(str(final), device="cpu")
+        batch = tokenizer(["발열과 기침이 3일째인 환자의 진단은?"], return_tensors="pt")
+        with torch.no_grad():
+            expected = (batch, reference.model(**batch).logits)
+    batch, logits = expected
+    with torch.no_grad():
+        assert torch.allclose(model(**batch).logits, logits, atol=1e-4)
+    return card
+
+
 @pytest.fixture(scope="module")
 def korean_texts() -> list[str]:
     source = SAMPLE_DATA_DIR / "ChuGyouk" / "Asan-AMC-Healthinfo" / "data" / "default" / "train.jsonl"
@@ -252,6 +280,9 @@ def test_train_01_with_monitor_tracks_plain_text_and_steering(train00, data, ste
     assert not info["training_options"]["packing"]
     # train_00's adapter was continued, not replaced: its embedding copy is still in the adapter
     assert any("embed_tokens" in name for name in saved_tensors(out / "final"))
+    # its card names the model the weights apply to, not the adapter dir it continued
+    card = assert_card_loads_what_it_describes(out / "final", parents=[])
+    assert card.data.base_model == str(TINY_MODEL_DIR)
 
 
 def test_add_lora_adapter_raw_and_stacked(train00, tmp_path):
@@ -341,6 +372,8 @@ def test_chain_reload_gives_the_trained_model(train00, data, tmp_path):
     assert via_flag.info["merged_adapters"] == [str((train00["out"] / "final").resolve())]
     with torch.no_grad():
         assert torch.allclose(via_flag.model(**batch).logits, expected, atol=1e-4)
+    write_training_info(run, {"metrics": {"train_loss": 1.0}})
+    assert_card_loads_what_it_describes(final, parents=run.adapter_parents, expected=(batch, expected))
 
 
 def test_loop_two_loops_then_resume_the_interrupted_one(data, steer_set, tmp_path, monkeypatch):
