@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 
 QUANTIZATION_CHOICES = ("auto", "none", "8bit", "4bit")
 BATCHING_CHOICES = ("padding-free", "padded")
+# eager is what the Gemma 3 cards recommend for training; sdpa and FlashAttention-2 are faster where they fit.
+ATTN_IMPLEMENTATION_CHOICES = ("eager", "sdpa", "flash_attention_2")
 
 
 
@@ -96,6 +98,9 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
                    help="base weights: auto (registry setting on CUDA, none on CPU), none, 8bit, 4bit (nf4)")
     o.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto",
                    help="auto = the model's MEMORY_CONFIGS setting")
+    o.add_argument("--attn-implementation", choices=ATTN_IMPLEMENTATION_CHOICES, default="eager",
+                   help="attention kernel: eager (Gemma 3's recommendation for training), sdpa, or "
+                        "flash_attention_2 (CUDA and the flash-attn package) (default: %(default)s)")
     o.add_argument("--batching", choices=BATCHING_CHOICES, default="padding-free",
                    help="padding-free: each micro-batch is one row of its records back to back, no pad token "
                         "computed (same records and loss as padded); padded: rows padded to the longest "
@@ -150,6 +155,7 @@ class RunConfig:
     activation_checkpointing_by: str = "off"
     # multi-process launches: what each rank held right after loading (load_report), gathered
     load_by_rank: list[dict] = field(default_factory=list)
+    attn_implementation: str = "eager"  # see ATTN_IMPLEMENTATION_CHOICES
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in self.__dict__.items() if k not in ("model_config", "memory_config")}
@@ -222,6 +228,22 @@ def resolve_quantization(requested: str, memory: MemoryConfig, device: str) -> s
     return requested
 
 
+def resolve_attn_implementation(requested: str, device: str) -> str:
+    """The attention kernel, refused up front where it cannot run (transformers says so only at load)."""
+    if requested not in ATTN_IMPLEMENTATION_CHOICES:
+        raise ConfigError(f"--attn-implementation {requested!r}: expected one of {', '.join(ATTN_IMPLEMENTATION_CHOICES)}")
+    if requested == "flash_attention_2":
+        if not device.startswith("cuda"):
+            raise ConfigError("--attn-implementation flash_attention_2 runs on CUDA only; on "
+                              f"{device} use eager or sdpa")
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ConfigError("--attn-implementation flash_attention_2 needs the flash-attn package "
+                              "(pip install -e \".[gpu]\" on a CUDA machine, see README); or use sdpa")
+    return requested
+
+
 def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
               train_embeddings: bool = False, use_rslora: bool = False) -> RunConfig:
     """Resolve registry defaults + flags into a RunConfig; set up logging and the seed."""
@@ -238,6 +260,7 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
     grad_accum = args.grad_accum or (memory.embedding_grad_accum if train_embeddings and memory.embedding_grad_accum
                                      else model_config.grad_accum)
     gc = {"on": True, "off": False}.get(args.gradient_checkpointing, memory.use_gradient_checkpointing)
+    attn_implementation = resolve_attn_implementation(getattr(args, "attn_implementation", "eager"), device)
     launch = launch_kind()
     check_launch_environment(launch, device)
     quantization, gc, checkpointing_by = sharded_launch_settings(launch, args.quantization, quantization, gc)
@@ -275,6 +298,7 @@ def start_run(args: argparse.Namespace, stage: str, script: str | None = None,
         allow_pickle_weights=getattr(args, "allow_pickle_weights", False),
         launch=launch,
         activation_checkpointing_by=checkpointing_by,
+        attn_implementation=attn_implementation,
     )
     if shards_weights(launch) and run.show_samples_every > 0:
         logger.info("%s launch: periodic evaluations during training are off (a forward pass needs every "
@@ -616,6 +640,7 @@ def load_model_and_tokenizer(run: RunConfig, adapter_trainable: bool = True):
     else:
         tokenizer = load_tokenizer(path)
         model = load_base_model(path, plan["device"], dtype, run.quantization, run.gradient_checkpointing,
+                                attn_implementation=run.attn_implementation,
                                 allow_pickle_weights=run.allow_pickle_weights)
     _SHARDED_LOADING_ARGS.clear()
     if world_size() > 1:
@@ -1434,7 +1459,8 @@ def load_merged_chain(run: RunConfig, parents: Sequence[str], tokenizer_dirs: Se
     tokenizer_dir = next((a for a in reversed(adapters) if Path(a, "tokenizer_config.json").is_file()), base_path)
     tokenizer = load_tokenizer(tokenizer_dir)
     model = load_base_model(base_path, model_load_plan(run)["device"], getattr(torch, run.dtype), run.quantization,
-                            run.gradient_checkpointing, allow_pickle_weights=run.allow_pickle_weights)
+                            run.gradient_checkpointing, attn_implementation=run.attn_implementation,
+                            allow_pickle_weights=run.allow_pickle_weights)
     return merge_adapters(model, list(parents), run.quantization, run.allow_pickle_weights), tokenizer
 
 
@@ -1849,7 +1875,8 @@ def train_plain_text(description: str, argv: list[str] | None = None, script: st
                             save_steps=run.save_steps or min(500, plan["steps_per_epoch"]))
 
     def evaluate(trained) -> dict:
-        return prefixed("validation_", plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length))
+        return prefixed("validation_", plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length,
+                                                             progress=True))
 
     info = train_and_save(
         run, trainer, tokenizer,
@@ -1924,7 +1951,7 @@ def train_dictionary(description: str, argv: list[str] | None = None, script: st
     def evaluate(trained) -> dict:
         metrics = prefixed("steer_", letter_eval(trained, -1)) if letter_eval else {}
         if monitor and texts:
-            result = plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length)
+            result = plain_text_perplexity(trained, tokenizer, texts, run.batch, run.max_length, progress=True)
             metrics["plain_text_perplexity"] = result["perplexity"]
         return metrics
 

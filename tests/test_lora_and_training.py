@@ -12,7 +12,7 @@ from peft import PeftModel
 from script import formats
 from tests.sample_records import asan_type1_records, tiny_run
 from script.data_io import atomic_write_jsonl
-from script.training_config import LORA_TARGET_MODULES
+from script.training_config import LORA_TARGET_MODULES, ConfigError
 from script.training_utils import (
     attach_lora,
     build_trainer,
@@ -54,6 +54,15 @@ def test_lora_hits_all_seven_projections_and_embeddings_only_when_asked(tiny_mod
     assert any("embed_tokens" in n for n in trainable)
     # Tied embeddings/lm_head are trained as one matrix, not two diverging copies.
     assert trainable_parameters(model)[0] == lora_only + embed_rows * hidden
+
+
+def test_attention_kernel_is_a_flag_and_refused_where_it_cannot_run(tiny_models, tmp_path):
+    run = tiny_run(tmp_path, "--attn-implementation", "sdpa")
+    model, _ = load_model_and_tokenizer(run)
+    assert run.attn_implementation == "sdpa" and model.config._attn_implementation == "sdpa"
+    assert tiny_run(tmp_path).attn_implementation == "eager"  # Gemma 3's training default
+    with pytest.raises(ConfigError, match="flash_attention_2 runs on CUDA only"):
+        tiny_run(tmp_path, "--attn-implementation", "flash_attention_2")
 
 
 def test_multimodal_lora_stays_out_of_the_vision_tower(tiny_models):

@@ -42,7 +42,7 @@ def test_pyproject_reads_the_requirement_files():
     dynamic = project["tool"]["setuptools"]["dynamic"]
     assert dynamic["dependencies"]["file"] == ["requirements.txt"]
     extras = dynamic["optional-dependencies"]
-    assert {"dev", "crosscheck", "deepspeed"} <= set(extras)
+    assert {"dev", "crosscheck", "deepspeed", "gpu"} <= set(extras)
     for spec in [dynamic["dependencies"], *extras.values()]:
         for name in spec["file"]:
             path = REPO / name
