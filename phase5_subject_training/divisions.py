@@ -1078,7 +1078,7 @@ def is_mcq_record(record: Mapping[str, Any]) -> bool:
 
 
 def completion_token_stats(model, tokenizer, records: Sequence[Mapping], batch_size: int = 8,
-                           max_length: int = 512) -> list[dict]:
+                           max_length: int = 512, progress: bool = False) -> list[dict]:
     """Per record, teacher-forced over its assistant turn: ``{"loss": mean NLL per completion token,
     "token_accuracy": share of completion tokens that are the argmax prediction, "tokens"}``.
 
@@ -1086,7 +1086,7 @@ def completion_token_stats(model, tokenizer, records: Sequence[Mapping], batch_s
     logits are computed (``logits_to_keep``): a 262k vocabulary times whole prompts would not fit."""
     import torch
 
-    from script.evaluation import left_padded_batch, tokenize_for_completion
+    from script.evaluation import batch_starts, left_padded_batch, tokenize_for_completion
 
     device = next(model.parameters()).device
     encoded = []
@@ -1097,7 +1097,7 @@ def completion_token_stats(model, tokenizer, records: Sequence[Mapping], batch_s
     was_training = model.training
     model.eval()
     try:
-        for begin in range(0, len(encoded), batch_size):
+        for begin in batch_starts(encoded, batch_size, progress, "division token stats"):
             chunk = encoded[begin: begin + batch_size]
             input_ids, attention, positions = left_padded_batch([ids for ids, _ in chunk], tokenizer.pad_token_id)
             keep = max(n for _, n in chunk) + 1
@@ -1155,7 +1155,8 @@ def aggregate_division_rows(rows: Iterable[Mapping[str, Any]], taxonomy: Taxonom
 
 def evaluate_by_division(model, tokenizer, records: Sequence[Mapping[str, Any]], taxonomy: Taxonomy,
                          batch_size: int = 8, max_length: int = 512, level: str = "full",
-                         weak_accuracy: float = WEAK_ACCURACY, weak_loss: float = WEAK_LOSS) -> dict:
+                         weak_accuracy: float = WEAK_ACCURACY, weak_loss: float = WEAK_LOSS,
+                         progress: bool = False) -> dict:
     """Per-division accuracy, average completion loss and count on ``records`` (``messages`` records).
 
     A record's accuracy: for a multiple-choice record (question + options + answer letter), 1 or 0
@@ -1164,9 +1165,10 @@ def evaluate_by_division(model, tokenizer, records: Sequence[Mapping[str, Any]],
     Its loss is the mean NLL of its completion tokens. See ``aggregate_division_rows``."""
     from script.evaluation import score_mcq_letter_mode
 
-    token_stats = completion_token_stats(model, tokenizer, records, batch_size, max_length)
+    token_stats = completion_token_stats(model, tokenizer, records, batch_size, max_length, progress=progress)
     mcq_index = [i for i, r in enumerate(records) if is_mcq_record(r)]
-    letters = score_mcq_letter_mode(model, tokenizer, [dict(records[i]) for i in mcq_index], batch_size)
+    letters = score_mcq_letter_mode(model, tokenizer, [dict(records[i]) for i in mcq_index], batch_size,
+                                    progress=progress)
     correct = {i: bool(p["correct"]) for i, p in zip(mcq_index, letters)}
     rows = [{"division": division_key(r, level), "loss": s["loss"], "mcq": i in correct,
              "accuracy": float(correct[i]) if i in correct else s["token_accuracy"]}

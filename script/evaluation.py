@@ -71,7 +71,7 @@ def tokenize_for_completion(tokenizer, messages: Sequence[dict], max_length: int
 
 
 def completion_perplexity(model, tokenizer, records: Sequence[dict], batch_size: int = 8,
-                          max_length: int = 512) -> dict:
+                          max_length: int = 512, progress: bool = False) -> dict:
     """exp(total NLL of completion tokens / number of completion tokens) over ``records``.
 
     Token-weighted over the whole set (not a mean of per-record perplexities), so long answers
@@ -86,7 +86,7 @@ def completion_perplexity(model, tokenizer, records: Sequence[dict], batch_size:
     was_training = model.training
     model.eval()
     try:
-        for begin in range(0, len(encoded), batch_size):
+        for begin in batch_starts(encoded, batch_size, progress, "completion perplexity"):
             batch = encoded[begin : begin + batch_size]
             width = max(len(ids) for ids, _ in batch)
             input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -211,7 +211,8 @@ def _last_position_logits(model, input_ids, attention, positions, prefix_cache=N
     return output.logits[:, -1, :].float()
 
 
-def _batches(order: Sequence[int], batch_size: int, progress: bool, desc: str):
+def batch_starts(order: Sequence, batch_size: int, progress: bool, desc: str):
+    """Start offsets of the batches over ``order``, behind a progress bar when ``progress``."""
     batches = range(0, len(order), max(1, batch_size))
     if progress:
         from tqdm.auto import tqdm
@@ -263,7 +264,7 @@ def score_mcq_letter_mode(model, tokenizer, items: Sequence[dict], batch_size: i
     try:
         prefix_cache = _prefix_cache(model, encoded[0][:shared], device)
         skip = shared if prefix_cache is not None else 0
-        for begin in _batches(order, batch_size, progress, "letter mode"):
+        for begin in batch_starts(order, batch_size, progress, "letter mode"):
             idx = order[begin: begin + batch_size]
             input_ids, attention, positions = left_padded_batch([encoded[i][skip:] for i in idx],
                                                                 tokenizer.pad_token_id)
@@ -321,7 +322,7 @@ def score_mcq_cloze_mode(model, tokenizer, items: Sequence[dict], batch_size: in
     was_training = model.training
     model.eval()
     try:
-        for begin in _batches(order, batch_size, progress, "cloze"):
+        for begin in batch_starts(order, batch_size, progress, "cloze"):
             batch = [sequences[k] for k in order[begin: begin + batch_size]]
             width = max(len(ids) for _, _, ids, _ in batch)
             input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -410,7 +411,7 @@ def score_mcq_verdicts(model, tokenizer, items: Sequence[dict], batch_size: int 
     was_training = model.training
     model.eval()
     try:
-        for begin in _batches(order, batch_size, progress, "verdicts"):
+        for begin in batch_starts(order, batch_size, progress, "verdicts"):
             idx = order[begin: begin + batch_size]
             input_ids, attention, positions = left_padded_batch([rows[i][2] for i in idx], tokenizer.pad_token_id)
             with torch.no_grad():
@@ -940,7 +941,7 @@ def generate_texts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], max_ne
     was_training = model.training
     model.eval()
     try:
-        for begin in _batches(order, batch_size, progress, "generating"):
+        for begin in batch_starts(order, batch_size, progress, "generating"):
             idx = order[begin: begin + batch_size]
             input_ids, attention, _ = left_padded_batch([prompt_ids[i] for i in idx], tokenizer.pad_token_id)
             with torch.no_grad():
@@ -1319,7 +1320,7 @@ def load_medical_lexicon(path: str | Path | None = None, use_kiwi: bool = True) 
 
 
 def type4_evaluate(model, tokenizer, records: Sequence[dict], lexicon: Iterable[str] | None = None,
-                   batch_size: int = 8, max_new_tokens: int = 256) -> dict:
+                   batch_size: int = 8, max_new_tokens: int = 256, progress: bool = False) -> dict:
     """Mean ``type4_score`` of greedy generations on refined type-4 records (target >= 1.2).
 
     Each record's messages are [system, user, assistant ``<R>reasoning<R/>answer``]; the model
@@ -1328,7 +1329,7 @@ def type4_evaluate(model, tokenizer, records: Sequence[dict], lexicon: Iterable[
     lexicon = frozenset(lexicon) if lexicon is not None else load_medical_lexicon()
     prompts = [list(tokenizer(formats.render_prompt(tokenizer, r["messages"][:-1]), add_special_tokens=False)
                     ["input_ids"]) for r in records]
-    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size)
+    outputs = generate_texts(model, tokenizer, prompts, max_new_tokens, batch_size, progress=progress)
     scores = []
     for record, out in zip(records, outputs):
         reference_reasoning, reference_answer = formats.split_reasoning(record["messages"][-1]["content"])
@@ -1484,7 +1485,7 @@ def train02_eval_fn(tokenizer, items: Sequence[dict], batch_size: int = 8,
 
 
 def plain_text_perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 8,
-                          max_length: int = 512) -> dict:
+                          max_length: int = 512, progress: bool = False) -> dict:
     """Token-weighted perplexity of plain texts (``<bos>`` + text, cut at ``max_length`` tokens):
     the language-modelling loss of train_00 on held-out text, exp(total NLL / predicted tokens)."""
     import torch
@@ -1495,7 +1496,7 @@ def plain_text_perplexity(model, tokenizer, texts: Sequence[str], batch_size: in
     was_training = model.training
     model.eval()
     try:
-        for begin in range(0, len(encoded), batch_size):
+        for begin in batch_starts(encoded, batch_size, progress, "plain-text perplexity"):
             batch = encoded[begin: begin + batch_size]
             width = max(len(ids) for ids in batch)
             input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)

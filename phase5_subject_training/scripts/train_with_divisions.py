@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     logger.info("*** Evaluate per division ***")
     report = evaluate_by_division(trainer.model, tokenizer, val_records, taxonomy, batch_size=run.batch,
                                   max_length=run.max_length, level=args.level,
-                                  weak_accuracy=args.weak_accuracy, weak_loss=args.weak_loss)
+                                  weak_accuracy=args.weak_accuracy, weak_loss=args.weak_loss, progress=True)
     report_file = run.output_dir / "division_report.json"
     chart_file = run.output_dir / "division_report.png"
     atomic_write_json(report_file, report)

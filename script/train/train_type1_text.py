@@ -18,7 +18,7 @@ from script.training_utils import train_refined_type
 
 
 def perplexity_metric(model, tokenizer, records, run) -> dict:
-    result = completion_perplexity(model, tokenizer, records, run.batch, run.max_length)
+    result = completion_perplexity(model, tokenizer, records, run.batch, run.max_length, progress=True)
     return {"validation_perplexity": result["perplexity"], "validation_completion_tokens": result["completion_tokens"]}
 
 

@@ -19,7 +19,8 @@ from script.training_utils import train_refined_type
 
 
 def type4_metric(model, tokenizer, records, run) -> dict:
-    result = type4_evaluate(model, tokenizer, records, batch_size=run.batch, max_new_tokens=run.max_length)
+    result = type4_evaluate(model, tokenizer, records, batch_size=run.batch, max_new_tokens=run.max_length,
+                            progress=True)
     return {"validation_type4_score": result["type4_score"],
             "validation_answer_accuracy": result["answer_accuracy"],
             "validation_records": result["records"]}
