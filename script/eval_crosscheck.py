@@ -5,10 +5,13 @@
     python -m script.eval_crosscheck --model model/type3_word/medgemma-4b/final --device cuda
 
 Needs lm_eval (``pip install -e .[crosscheck]``; ``make eval-crosscheck`` installs it).
-Runs offline: the harness loads the same local model dir itself (``hf`` model type,
-``pretrained=<dir>``, one adapter as ``peft=<dir>``; see ``harness_model_args`` for the adapters it
-cannot load) and reads the items from a JSONL this script writes, never the hub. Two comparisons,
-each item by item (matched on the item id):
+Runs offline and reads the items from a JSONL this script writes, never the hub. Where it can,
+the harness loads the same local model dir itself (``hf`` model type, ``pretrained=<dir>``, one
+adapter as ``peft=<dir>``): two independent loaders, so a loading difference shows up too. A chain
+of adapters, or an adapter that saved embeddings, it cannot load (see ``harness_model_args``): then,
+or with ``--in-memory``, the harness is handed the model this script loaded (``HFLM(pretrained=
+model)``) and the comparison is of the scoring alone. Two comparisons, each item by item (matched
+on the item id):
 
 (a) ``letter``: configs/lm_eval/kormedmcqa_letter_mode.yaml, a ``multiple_choice`` task over the
     item's letters whose prompt the harness renders itself with the chat template and our type-3
@@ -88,6 +91,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default %(default)s)")
     parser.add_argument("--out-dir", type=Path, default=LOG_DIR / "eval_crosscheck",
                         help="data, task yamls and results (default %(default)s)")
+    parser.add_argument("--in-memory", action="store_true",
+                        help="hand the harness the model loaded here instead of letting it load the dir itself "
+                             "(automatic for adapter chains and adapters with saved embeddings)")
     add_pickle_weights_flag(parser)
     return parser.parse_args(argv)
 
@@ -190,13 +196,36 @@ def harness_model_args(info: Mapping[str, Any]) -> dict:
     return args
 
 
-def run_lm_eval(task: str, tasks_dir: Path, model_args: dict, batch_size: int, **kwargs) -> list[dict]:
-    """The harness's per-item samples of ``task`` (``simple_evaluate`` with ``log_samples``)."""
+def harness_model(loaded, batch_size: int, in_memory: bool = False) -> tuple[Any, dict]:
+    """(what ``simple_evaluate`` gets as ``model``, a record of it): ``"hf"`` with the model args the
+    harness loads from, or, when it cannot load those weights (``harness_model_args`` says why) or
+    ``in_memory`` is asked, an ``HFLM`` around the model loaded here, chain merged and embeddings in
+    place, so the harness resizes nothing."""
+    from script.training_utils import ConfigError
+
+    if not in_memory:
+        try:
+            model_args = harness_model_args(loaded.info)
+            return "hf", {"loads": "harness (hf)", "model_args": model_args}
+        except ConfigError as exc:
+            logger.info("the harness cannot load these weights itself (%s): handing it the loaded model", exc)
+    from lm_eval.models.huggingface import HFLM
+
+    lm = HFLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size)
+    return lm, {"loads": "in-memory (HFLM(pretrained=model))", "base_model": str(loaded.info["base_model"]),
+                "adapters": list(loaded.info["adapters"])}
+
+
+def run_lm_eval(task: str, tasks_dir: Path, model: Any, batch_size: int, **kwargs) -> list[dict]:
+    """The harness's per-item samples of ``task`` (``simple_evaluate`` with ``log_samples``);
+    ``model`` is ``harness_model``'s pair."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    lm, record = model
     manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    results = lm_eval.simple_evaluate(model="hf", model_args=model_args, tasks=[task], task_manager=manager,
+    model_args = record.get("model_args") if lm == "hf" else None
+    results = lm_eval.simple_evaluate(model=lm, model_args=model_args, tasks=[task], task_manager=manager,
                                       batch_size=batch_size, log_samples=True, **kwargs)
     return list(results["samples"][task])
 
@@ -345,17 +374,17 @@ def crosscheck(args: argparse.Namespace) -> int:
              for template_name, template in (("letter", LETTER_TASK_YAML), ("generate", GENERATE_TASK_YAML))}
 
     loaded = load_model_for_eval(args.model, device=args.device, allow_pickle_weights=args.allow_pickle_weights)
-    model_args = harness_model_args(loaded.info)
+    harness = harness_model(loaded, args.batch_size, in_memory=args.in_memory)
     result: dict[str, Any] = {"crosscheck": "lm-evaluation-harness vs our KorMedMCQA scoring, item by item",
                               "lm_eval_version": lm_eval.__version__, "model": loaded.info["name"],
-                              "lm_eval_model_args": model_args, "set": args.set, "items": len(items),
+                              "lm_eval_model": harness[1], "set": args.set, "items": len(items),
                               "data_file": str(data_file), "tasks_dir": str(tasks_dir), "seconds": {}}
     if "letter" in comparisons:
         started = time.perf_counter()
         ours = score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, args.batch_size, style=PROMPT_TYPE3)
         result["seconds"]["ours_letter"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        samples = run_lm_eval(tasks["letter"], tasks_dir, model_args, args.batch_size, apply_chat_template=True,
+        samples = run_lm_eval(tasks["letter"], tasks_dir, harness, args.batch_size, apply_chat_template=True,
                               system_instruction=type3_system_prompt(items))
         result["seconds"]["lm_eval_letter"] = round(time.perf_counter() - started, 2)
         compared = compare_letter_mode(ours, samples)
@@ -369,7 +398,7 @@ def crosscheck(args: argparse.Namespace) -> int:
                                     batch_size=args.batch_size, max_new_tokens=args.max_new_tokens)
         result["seconds"]["ours_generate"] = round(time.perf_counter() - started, 2)
         started = time.perf_counter()
-        samples = run_lm_eval(tasks["generate"], tasks_dir, model_args, args.batch_size,
+        samples = run_lm_eval(tasks["generate"], tasks_dir, harness, args.batch_size,
                               gen_kwargs={"max_gen_toks": args.max_new_tokens})
         result["seconds"]["lm_eval_generate"] = round(time.perf_counter() - started, 2)
         compared = compare_generate(ours, samples)

@@ -97,6 +97,36 @@ def test_harness_loads_the_same_weights_or_refuses_what_it_cannot_load(tmp_path)
         cc.harness_model_args({**info, "adapters": [str(lora), str(lora)]})
 
 
+def test_what_the_harness_cannot_load_it_gets_in_memory(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    made = []
+
+    class FakeHFLM:  # stands in for lm_eval's HFLM: records what it was handed
+        def __init__(self, pretrained, tokenizer, batch_size):
+            made.append((pretrained, tokenizer, batch_size))
+
+    huggingface = types.ModuleType("lm_eval.models.huggingface")
+    huggingface.HFLM = FakeHFLM
+    monkeypatch.setitem(sys.modules, "lm_eval.models.huggingface", huggingface)
+    lora = tmp_path / "lora"
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"r": 8}))
+    info = {"base_model": "/m/base", "dtype": "float32", "device": "cpu", "adapters": [str(lora)],
+            "tokenizer": "/m/base"}
+    lone = types.SimpleNamespace(model="model", tokenizer="tok", info=info)
+    assert cc.harness_model(lone, 4) == ("hf", {"loads": "harness (hf)",
+                                                "model_args": cc.harness_model_args(info)})
+    assert not made
+    chained = types.SimpleNamespace(model="merged", tokenizer="tok", info={**info, "adapters": [str(lora)] * 2})
+    lm, record = cc.harness_model(chained, 4)
+    assert isinstance(lm, FakeHFLM) and made == [("merged", "tok", 4)]
+    assert record["loads"].startswith("in-memory") and record["adapters"] == [str(lora)] * 2
+    lm, record = cc.harness_model(lone, 2, in_memory=True)
+    assert isinstance(lm, FakeHFLM) and record["loads"].startswith("in-memory")
+
+
 # ---------------------------------------------------------------------------
 # Comparisons, on hand-made harness samples (the shape simple_evaluate logs)
 # ---------------------------------------------------------------------------
@@ -198,3 +228,27 @@ def test_real_harness_agrees_with_letter_mode_on_the_tiny_model(tiny_models, sam
     assert result["generate"]["items"] == 6 and result["generate"]["agreement"] is not None
     assert len(read_jsonl(tmp_path / "out" / "items_letter.jsonl").records) == 6
     assert json.loads((tmp_path / "out" / "crosscheck.json").read_text())["letter_mode"]["goal_met"]
+
+
+@pytest.mark.skipif(not HAS_LM_EVAL, reason="lm_eval not installed (make eval-crosscheck installs it)")
+def test_real_harness_scores_an_adapter_chain_in_memory(tiny_models, sample_items, tmp_path, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from script.training_utils import ADAPTER_CHAIN_FILE, load_base_model
+
+    parent, child = tmp_path / "parent", tmp_path / "child"
+    for seed, path in ((1, parent), (2, child)):
+        torch.manual_seed(seed)
+        base = load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32)
+        get_peft_model(base, LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj"],
+                                        init_lora_weights=False)).save_pretrained(path)
+    (child / ADAPTER_CHAIN_FILE).write_text(json.dumps({"parents": [str(parent)]}))
+    items_file = tmp_path / "items.jsonl"
+    atomic_write_jsonl(items_file, sample_items[:4])
+    rc = cc.main(["--model", str(child), "--set", str(items_file), "--batch-size", "4", "--only", "letter",
+                  "--out-dir", str(tmp_path / "out")])
+    result = json.loads(capsys.readouterr().out)
+    assert rc == 0 and result["lm_eval_model"]["loads"].startswith("in-memory")
+    assert result["lm_eval_model"]["adapters"] == [str(parent), str(child)]
+    assert result["letter_mode"]["agreement"] == 1.0 and result["letter_mode"]["max_abs_logprob_diff"] < 1e-3
