@@ -21,6 +21,7 @@ from script.sources import (
     FEED_REASONING,
     FEED_TYPE1,
     SOURCES,
+    get_source,
 )
 
 # What each stage trains on, as the sources' feeds (train_02 trains KorMedMCQA's train split only).
@@ -34,6 +35,11 @@ STAGE_FEEDS: dict[str, tuple[str, ...]] = {
 }
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {"02_trained": ("kormedmcqa",)}
 MEDGEMMA_LICENSE = "health-ai-developer-foundations"  # the MedGemma model cards' terms
+TOOLKIT_TAG = "medgemma-korean"  # marks a card this toolkit wrote (and may update)
+EVALUATIONS_START = "<!-- evaluations: written by script/validation_kor_med_test.py -->"
+EVALUATIONS_END = "<!-- end of evaluations -->"
+# The numbers of one evaluation, in the order the card's table shows them (metric_name in model-index).
+EVALUATION_METRICS = ("accuracy", "question-blind control", "chance", "majority letter")
 
 
 def stage_datasets(stage: str) -> list[str]:
@@ -75,7 +81,7 @@ def card_data(base_model: str, stage: str, model_name: str, merged: bool = False
         library_name=None if merged else "peft",
         language=["ko"],
         pipeline_tag="text-generation",
-        tags=["medical", "korean", "kormedmcqa", "medgemma-korean", stage, model_name,
+        tags=["medical", "korean", "kormedmcqa", TOOLKIT_TAG, stage, model_name,
               *([] if merged else ["lora"])],
         datasets=stage_datasets(stage),
         **extra,
@@ -138,3 +144,107 @@ def write_run_cards(output_dir: Path, info: Mapping, base_model: str, parents: S
     atomic_write_text(Path(output_dir) / "README.md", text)
     if final.is_dir():
         atomic_write_text(final / "README.md", text)
+
+
+# ---------------------------------------------------------------------------
+# Evaluations: the card carries every KorMedMCQA / KMMLU score beside its controls
+# ---------------------------------------------------------------------------
+def evaluation_results(report: Mapping) -> list:
+    """A ``validation_kor_med_test`` report as model-index entries (``huggingface_hub.EvalResult``):
+    the accuracy with its clustered 95 % CI, and beside it the question-blind control of the same
+    model, chance and the majority letter, all under one ``metric_config`` (mode/prompt)."""
+    from huggingface_hub import EvalResult
+
+    block = report.get("controls") or {}
+    blind = block.get("question_blind")
+    values = {"accuracy": report["accuracy"], "question-blind control": blind["accuracy"] if blind else None,
+              "chance": report["chance"], "majority letter": (block.get("majority_letter") or {}).get("accuracy")}
+    dataset = report["set"].get("dataset", "kormedmcqa")
+    hub_id = get_source(dataset).hub_id
+    common = dict(task_type="multiple-choice", dataset_type=hub_id, dataset_name=f"{hub_id.split('/')[-1]} "
+                  f"({report['set']['name']})", dataset_split=report["set"]["name"], metric_type="accuracy",
+                  metric_config=f"{report['mode']}/{report['prompt']['style']}")
+    results = []
+    for name in EVALUATION_METRICS:
+        if values[name] is None:
+            continue
+        args = {"items": report["total"]}
+        if name == "accuracy":
+            args |= {"ci95": [round(float(x), 4) for x in report.get("accuracy_ci95") or ()], "clusters": block.get("clusters"),
+                     "scored_by": "script/validation_kor_med_test.py",
+                     "evaluated_at": report.get("created_at"), "git_sha": report.get("git_sha")}
+        if name == "question-blind control":
+            args |= {"how": blind["how"]}
+        results.append(EvalResult(metric_value=round(float(values[name]), 4), metric_name=name,
+                                  metric_args=args, **common))
+    return results
+
+
+def _evaluation_key(result) -> tuple:
+    return result.dataset_type, result.dataset_split, result.metric_config
+
+
+def evaluations_section(results: Sequence) -> str:
+    """The body's table of the card's model-index: one row per set and scoring."""
+    rows: dict[tuple, dict] = {}
+    for result in results:
+        rows.setdefault(_evaluation_key(result), {})[result.metric_name] = result
+    lines = [EVALUATIONS_START, "## Evaluations", "",
+             "Accuracy with its 95 % confidence interval (clustered over items that share their right answer) "
+             "beside its controls: the same model with the questions swapped between items, chance, and the "
+             "best constant letter. An accuracy means something only as far as it is above the control.", "",
+             "| set | scoring | accuracy (95 % CI) | question-blind control | chance | majority letter | items |",
+             "|---|---|---|---|---|---|---|"]
+    for (_, split, config), by_name in rows.items():
+        accuracy = by_name["accuracy"]
+        low, high = (accuracy.metric_args or {}).get("ci95") or (None, None)
+        ci = f" ({100 * low:.1f}–{100 * high:.1f})" if low is not None else ""
+        cells = [f"{100 * by_name[n].metric_value:.1f} %" if n in by_name else "-" for n in EVALUATION_METRICS[1:]]
+        lines.append(f"| {accuracy.dataset_name} | {config} | {100 * accuracy.metric_value:.1f} %{ci} | "
+                     + " | ".join(cells) + f" | {(accuracy.metric_args or {}).get('items', '-')} |")
+    return "\n".join([*lines, "", EVALUATIONS_END])
+
+
+def record_evaluation(card_path: Path, report: Mapping, model_name: str | None = None) -> bool:
+    """Add (or replace, for the same set and scoring) ``report``'s numbers in a card this toolkit
+    wrote: model-index in the front matter and the Evaluations table in the body. A card from
+    elsewhere, or none, is left alone (False)."""
+    from huggingface_hub import ModelCard
+
+    card_path = Path(card_path)
+    if not card_path.is_file():
+        return False
+    card = ModelCard.load(card_path)
+    if TOOLKIT_TAG not in (card.data.tags or []):
+        return False
+    new = evaluation_results(report)
+    replaced = {_evaluation_key(r) for r in new}
+    kept = [r for r in (card.data.eval_results or []) if _evaluation_key(r) not in replaced]
+    card.data.eval_results = kept + new
+    card.data.model_name = card.data.model_name or model_name or card_path.parent.name
+    section = evaluations_section(card.data.eval_results)
+    text = card.text
+    if EVALUATIONS_START in text and EVALUATIONS_END in text:
+        head, rest = text.split(EVALUATIONS_START, 1)
+        text = head + section + rest.split(EVALUATIONS_END, 1)[1]
+    elif "## Load it" in text:
+        head, rest = text.split("## Load it", 1)
+        text = head + section + "\n\n## Load it" + rest
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    card.text = text
+    atomic_write_text(card_path, str(card))
+    return True
+
+
+def record_evaluation_in_cards(model_info: Mapping, report: Mapping) -> list[Path]:
+    """The cards of the model an evaluation scored: the last adapter's (``final/README.md`` and its
+    run dir's copy) or a merged export's. Returns the cards updated."""
+    adapters = list(model_info.get("adapters") or [])
+    target = Path(adapters[-1]) if adapters else Path(str(model_info.get("base_model", "")))
+    candidates = [target / "README.md"]
+    name = target.name
+    if target.name == "final":  # model/<stage>/<MODEL>/final
+        candidates.append(target.parent / "README.md")
+        name = f"{target.parent.parent.name}-{target.parent.name}"
+    return [path for path in candidates if record_evaluation(path, report, model_name=name)]

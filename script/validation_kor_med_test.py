@@ -77,7 +77,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from script import controls, formats
+from script import controls, formats, model_card
 from script.data_io import DataError, atomic_open, atomic_write_json
 from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -144,6 +144,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="question-blind control scored beside the model: swap each question for another "
                              "item's, blank it, or none (default %(default)s)")
     parser.add_argument("--progress", action="store_true", help="show a progress bar")
+    parser.add_argument("--no-card", action="store_true",
+                        help="leave the model card alone (default: a whole-set score of a toolkit adapter or merged "
+                             "export is recorded in its README.md, beside its controls)")
     add_pickle_weights_flag(parser)
     args = parser.parse_args(argv)
     if args.mode == "verdict":
@@ -443,6 +446,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     output = args.output or default_output(evalset.name, loaded.info, args.mode, args.prompt)
     atomic_write_json(output, report)
     chart = plot_report(report, output.with_suffix(".png"))
+    # A seeded subset is a quick look, not the model's score: only whole sets go on the card.
+    cards = [] if args.no_card or args.eval_samples else model_card.record_evaluation_in_cards(loaded.info, report)
 
     print(f"## {report['set']['name']} — {loaded.info['name']} ({args.mode}"
           f", {args.prompt})\n")
@@ -458,6 +463,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"time: {seconds:.1f} s, {timing['items_per_second']} items/s (model load {load_seconds:.1f} s"
           + (f", question-blind control {control_seconds:.1f} s)" if control_predictions else ")"))
     print(f"report: {output}\nchart: {chart}")
+    for card in cards:
+        print(f"card: {card} (Evaluations table and model-index updated)")
     return 0
 
 
