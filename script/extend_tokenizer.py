@@ -74,6 +74,7 @@ from script.training_config import (
     DEFAULT_MODEL,
     KORMEDMCQA_TEST_DIR,
     LOG_DIR,
+    MODEL_CONFIGS,
     TENSORBOARD_DIR,
     get_memory_config,
     get_model_config,
@@ -120,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("model and data")
     add_pickle_weights_flag(g)
     g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                   help="registry name: tiny, tiny-mm, medgemma-4b, medgemma-27b (default: $MODEL or %(default)s)")
+                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: $MODEL or %(default)s)")
     g.add_argument("--base-model", default=None,
                    help="full model dir or hub id to extend instead of the registry path (not a LoRA adapter)")
     g.add_argument("--corpus", type=Path, nargs="+", default=list(DEFAULT_CORPUS),

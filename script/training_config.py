@@ -144,6 +144,10 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         max_length=512,
     ),
 }
+# The text-only 27B (Gemma3ForCausalLM, no vision tower): the model the public KorMedMCQA/MedQA
+# figures of MedGemma 27B were measured on. The guide's settings of the multimodal 27B.
+MODEL_CONFIGS["medgemma-27b-text"] = dataclasses.replace(MODEL_CONFIGS["medgemma-27b"], name="medgemma-27b-text",
+                                                         path="google/medgemma-27b-text-it")
 
 # The same tiny language model wrapped as Gemma3ForConditionalGeneration with a tiny vision tower:
 # exercises the code path of the multimodal MedGemma-4B-it without its weights.
@@ -163,6 +167,7 @@ MEMORY_CONFIGS: dict[str, MemoryConfig] = {
     # The guide: 8-bit base (~28 GB); embeddings do not fit next to it (OOM).
     "medgemma-27b": MemoryConfig(use_gradient_checkpointing=True, train_embeddings=False, quantization="8bit"),
 }
+MEMORY_CONFIGS["medgemma-27b-text"] = MEMORY_CONFIGS["medgemma-27b"]
 
 
 class ConfigError(ValueError):

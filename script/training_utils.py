@@ -38,6 +38,7 @@ from script.training_config import (
     EMBEDDING_MODULES,
     LOG_DIR,
     LORA_TARGET_MODULES,
+    MODEL_CONFIGS,
     PROJECT_ROOT,
     TENSORBOARD_DIR,
     ConfigError,
@@ -66,7 +67,7 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("common options")
     g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                   help="registry name: tiny, tiny-mm, medgemma-4b, medgemma-27b (default: $MODEL or %(default)s)")
+                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: $MODEL or %(default)s)")
     g.add_argument("--epochs", type=float, default=epochs, help="training epochs (default: %(default)s)")
     g.add_argument("--max-samples", type=int, default=None, help="use at most N training records (default: all)")
     g.add_argument("--base-model", default=None,

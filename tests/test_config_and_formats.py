@@ -27,6 +27,10 @@ def test_registry_matches_the_guide():
     assert (mem4.embedding_batch, mem4.embedding_grad_accum) == (2, 16)
     assert not MEMORY_CONFIGS["medgemma-27b"].train_embeddings
     assert set(MEMORY_CONFIGS) == set(MODEL_CONFIGS)
+    text27 = get_model_config("medgemma-27b-text")  # the text-only 27B beside the guide's multimodal one
+    assert text27.path == "google/medgemma-27b-text-it"
+    assert (text27.lora_r, text27.batch, text27.grad_accum, text27.lr) == (m27.lora_r, m27.batch, m27.grad_accum, m27.lr)
+    assert MEMORY_CONFIGS["medgemma-27b-text"] == MEMORY_CONFIGS["medgemma-27b"]
 
 
 def test_mcq_scoring_is_cloze_for_the_embedded_model_only():
