@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory test smoke-real-shape test-reliability bench bench-train bench-data bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -61,6 +61,9 @@ report: setup  ## Phase 6 report of MODEL -> logs/report_MODEL/ (report.md, repo
 
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
+
+gpu-check: data  ## on a CUDA machine: real-shape MedGemma-4B, bf16 + 8-bit LoRA tokens/s vs TRL, memory vs estimate, 604 letter-mode (JSON)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.gpu_check $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 smoke-real-shape: setup  ## MedGemma-4B's real shape (random init, 2 layers, 262K vocab): train_02, scoring, merge (JSON)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.smoke_real_shape

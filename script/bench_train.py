@@ -68,6 +68,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="train a randomly initialised text model of this published shape instead of --model's "
                              "weights (no download; CUDA only): one of %s. Hyperparameters stay --model's"
                              % ", ".join(KNOWN_ARCHITECTURES))
+    parser.add_argument("--base-model", default=None, metavar="DIR",
+                        help="train this model dir instead of --model's registry path (hyperparameters stay "
+                             "--model's), e.g. the real-shape model of script/make_real_shape_model.py")
+    parser.add_argument("--quantization", choices=("auto", "none", "8bit", "4bit"), default="auto",
+                        help="base weights as the trainers' flag: auto = the registry's setting on CUDA")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)  # one configuration, in-process
     args = parser.parse_args(argv)
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()]
@@ -206,6 +211,7 @@ def run_worker(args: argparse.Namespace) -> dict:
             "--model", args.model, "--device", args.device, "--seed", str(args.seed),
             "--batch-size", str(GUIDE_BATCH), "--grad-accum", str(GUIDE_GRAD_ACCUM),
             "--max-length", str(GUIDE_MAX_LENGTH), "--max-steps", str(args.steps), "--output", tmp,
+            "--quantization", args.quantization, *(["--base-model", args.base_model] if args.base_model else []),
         ])
         run = start_run(run_args, stage="bench_train", script="bench_train")
         records = bench_records(args.data_dir, args.steps * GUIDE_BATCH * GUIDE_GRAD_ACCUM + GUIDE_BATCH, args.seed)
@@ -293,7 +299,9 @@ def main(argv=None) -> dict:
     for config in args.configs:
         cmd = [sys.executable, "-m", "script.bench_train", "--worker", config, "--model", args.model,
                "--steps", str(args.steps), "--device", args.device, "--data-dir", str(args.data_dir),
-               "--seed", str(args.seed)] + (["--random-shape", args.random_shape] if args.random_shape else [])
+               "--seed", str(args.seed), "--quantization", args.quantization] \
+            + (["--random-shape", args.random_shape] if args.random_shape else []) \
+            + (["--base-model", args.base_model] if args.base_model else [])
         print(f"[bench_train] {config}: {args.steps} steps ...", file=sys.stderr, flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((x for x in proc.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
@@ -302,6 +310,7 @@ def main(argv=None) -> dict:
             raise SystemExit(f"bench_train: configuration {config} failed (exit {proc.returncode})")
         results[config] = json.loads(line[len("BENCH_RESULT "):])
     summary = {"benchmark": "train", "model": args.model, "random_shape": args.random_shape, "steps": args.steps,
+               "base_model": args.base_model, "quantization": args.quantization,
                "hyperparameters": {"batch": GUIDE_BATCH, "grad_accum": GUIDE_GRAD_ACCUM,
                                    "max_length": GUIDE_MAX_LENGTH},
                "machine": machine(), "results": results, "comparison": compare(results)}

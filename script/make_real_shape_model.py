@@ -102,8 +102,9 @@ def real_shape_config(tokenizer, layers: int = 2, vision_layers: int = 1):
 
 
 def build(out: Path = REAL_SHAPE_DIR, layers: int = 2, vision_layers: int = 1, force: bool = False,
-          sample_dir: Path = SAMPLE_DATA_DIR) -> dict:
-    """Build (or keep) the model dir; returns what it holds."""
+          sample_dir: Path = SAMPLE_DATA_DIR, device: str = "cpu") -> dict:
+    """Build (or keep) the model dir; returns what it holds. ``device`` is where the weights are
+    initialised (the full 4.3B shape initialises in seconds on a GPU, minutes on a CPU)."""
     import torch
     from transformers import Gemma3ForConditionalGeneration
 
@@ -115,7 +116,8 @@ def build(out: Path = REAL_SHAPE_DIR, layers: int = 2, vision_layers: int = 1, f
             return describe(out)
     tokenizer = real_shape_tokenizer(sample_dir)
     torch.manual_seed(SEED)
-    model = Gemma3ForConditionalGeneration(real_shape_config(tokenizer, layers, vision_layers)).to(torch.bfloat16)
+    with torch.device(device):
+        model = Gemma3ForConditionalGeneration(real_shape_config(tokenizer, layers, vision_layers)).to(torch.bfloat16)
     model.generation_config = generation_config(tokenizer)
 
     def save(tmp: Path) -> None:

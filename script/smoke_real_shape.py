@@ -10,7 +10,8 @@ settings (LoRA r64/α128 on the seven projections, gradient checkpointing):
 
 1. build    the model dir (kept between runs when its shape is unchanged)
 2. train_02 ``train_02_kor_med_test.main`` for ``--steps`` steps on sample KorMedMCQA train items
-3. letter   letter-mode scoring of ``--items`` sample test items on the trained adapter
+3. letter   letter-mode scoring of ``--items`` sample test items on the trained adapter, in the type-3
+            prompt and in train_02's format (reasoning generated up to ``</reasoning>``, then the letter)
 4. cloze    cloze-mode scoring of the same items (option texts scored over the 262K vocabulary)
 5. merge    ``merge_and_export.main``: merged weights, reloaded with transformers, logits checked
 6. reload   the merged dir loaded as a plain checkpoint, its class and vocabulary read back
@@ -137,7 +138,7 @@ def smoke(args: argparse.Namespace) -> dict:
     import torch
 
     from script import merge_and_export
-    from script.evaluation import score_mcq_cloze_mode, score_mcq_letter_mode
+    from script.evaluation import PROMPT_TRAIN02, score_mcq_cloze_mode, score_mcq_letter_mode
     from script.model_loading import load_model_for_eval
     from script.train import train_02_kor_med_test
     from script.training_utils import resolve_device
@@ -171,11 +172,15 @@ def smoke(args: argparse.Namespace) -> dict:
                                                       if "vision_tower" in n),
                         **chat_template_checks(loaded.tokenizer)}
 
-    def accuracy(scorer) -> dict:
-        predictions = scorer(loaded.model, loaded.tokenizer, items, batch_size=2)
+    def accuracy(scorer, **options) -> dict:
+        predictions = scorer(loaded.model, loaded.tokenizer, items, batch_size=2, **options)
         return {"items": len(predictions), "correct": sum(bool(p["correct"]) for p in predictions)}
 
     run_step(steps, "letter", device, lambda: accuracy(score_mcq_letter_mode))
+    # train_02's own format: the model reasons, generation stops at "</reasoning>" (plain text, several
+    # tokens here, as with MedGemma's tokenizer), then the letter is read
+    run_step(steps, "letter_after_reasoning", device,
+             lambda: accuracy(score_mcq_letter_mode, style=PROMPT_TRAIN02, max_new_tokens=16))
     run_step(steps, "cloze", device, lambda: accuracy(score_mcq_cloze_mode))
     del loaded
     rc = run_step(steps, "merge", device, lambda: {"rc": merge_and_export.main([
@@ -200,7 +205,8 @@ def smoke(args: argparse.Namespace) -> dict:
         "system_in_first_user_turn": report["loaded"]["system_in_first_user_turn"],
         "markers_are_plain_text": all(n > 1 for n in report["loaded"]["marker_tokens"].values()),
         "trained": isinstance(steps[1].get("train_loss"), float),
-        "scored": all(s["items"] == len(items) for s in steps if s["step"] in ("letter", "cloze")),
+        "scored": all(s["items"] == len(items) for s in steps
+                      if s["step"] in ("letter", "letter_after_reasoning", "cloze")),
         "merged_within_tolerance": rc["rc"] == 0,
         "reloaded_class": report["reloaded"]["class"] == "Gemma3ForConditionalGeneration",
     }
@@ -212,13 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = parse_args(argv)
-    from script.training_config import ConfigError
-
-    try:
-        report = smoke(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = smoke(args)  # a bad setting is ConfigError: run_main prints it, exit 2
     atomic_write_json(args.output, report)
     print(json.dumps(report, ensure_ascii=False))
     failed = [name for name, ok in report["checks"].items() if not ok]
