@@ -111,6 +111,7 @@ def iter_jsonl(
     Blank lines and CRLF line ends are accepted.
     """
     path_str = str(path)
+    first_line = True
     with open(path, "rb") as handle:
         for line_no, raw in enumerate(handle, start=1):
             reason, text, record = None, "", None
@@ -124,6 +125,9 @@ def iter_jsonl(
             if reason is None:
                 if not text.strip():
                     continue
+                if first_line and text.lstrip().startswith("[") and is_json_array_file(path):
+                    raise DataError(json_array_message(path_str))
+                first_line = False
                 record, reason, _ = _parse_json(text)
                 if reason is None:
                     if not isinstance(record, dict):
@@ -137,6 +141,23 @@ def iter_jsonl(
             if on_reject is None:
                 raise DataError(str(reject))
             on_reject(reject)
+
+
+def is_json_array_file(path: str | os.PathLike) -> bool:
+    """Whether the whole file is one JSON array (``Dataset.to_json(lines=False)``, ``json.dump(list)``)."""
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            return isinstance(json.load(handle), list)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return False
+
+
+def json_array_message(path: str) -> str:
+    out = Path(path).with_suffix(".jsonl") if not path.endswith(".jsonl") else Path(path[:-6] + ".lines.jsonl")
+    return (f"{path}: a JSON array, not JSON Lines (one object per line; Dataset.to_json(lines=False) and "
+            f"json.dump(list) write arrays). Convert it: python -c \"import json, sys; "
+            f"[print(json.dumps(r, ensure_ascii=False)) for r in json.load(open(sys.argv[1], encoding='utf-8'))]\" "
+            f"{path} > {out}")
 
 
 def read_jsonl(

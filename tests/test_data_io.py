@@ -126,3 +126,29 @@ def test_atomic_write_dir_puts_back_a_directory_left_aside_by_a_kill(tmp_path):
     atomic_write_dir(target, lambda d: (d / "v").write_text("2"))
     assert (target / "v").read_text() == "2"
     assert not list(tmp_path.glob(".state.*"))
+
+
+def test_a_json_array_file_is_refused_in_one_line_that_says_how_to_convert_it(tmp_path):
+    import shlex
+
+    rows = [{"id": i, "question": f"질문 {i}"} for i in range(3)]
+    for name, text in (("pretty.json", json.dumps(rows, ensure_ascii=False, indent=2)),
+                       ("one_line.jsonl", json.dumps(rows, ensure_ascii=False))):
+        path = tmp_path / name
+        path.write_text(text + "\n", encoding="utf-8")
+        with pytest.raises(DataError) as caught:
+            read_jsonl(path, rejects_path=tmp_path / "rejects.jsonl")
+        message = str(caught.value)
+        assert message.startswith(f"{path}: a JSON array, not JSON Lines") and "\n" not in message
+        assert not (tmp_path / "rejects.jsonl").exists()  # one refusal, not a reject per physical line
+        command = message.split("Convert it: ", 1)[1]
+        argv = shlex.split(command.split(" > ")[0])
+        converted = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, check=True).stdout
+        out = tmp_path / "converted.jsonl"
+        out.write_text(converted, encoding="utf-8")
+        assert read_jsonl(out).records == rows
+    # a JSON Lines file whose first record is an array is still read line by line
+    mixed = tmp_path / "mixed.jsonl"
+    mixed.write_text('[1, 2]\n{"id": 1}\n', encoding="utf-8")
+    report = read_jsonl(mixed)
+    assert report.records == [{"id": 1}] and "expected a JSON object" in report.rejects[0].reason
