@@ -35,6 +35,7 @@ def test_real_shape_trains_scores_merges_and_reloads(tmp_path):
     assert report["loaded"]["tokenizer_length"] == 262_145
     assert report["adapter"]["r"] == 64 and report["adapter"]["lora_in_vision_tower"] == 0
     assert report["adapter"]["lora_tensors"] == 2 * 7 * 2  # A and B of 7 projections in 2 layers
-    assert [s["step"] for s in report["steps"]] == ["build", "train_02", "letter", "cloze", "merge", "reload"]
+    assert [s["step"] for s in report["steps"]] == ["build", "train_02", "letter", "letter_after_reasoning", "cloze",
+                                                "merge", "reload"]
     assert all(s["peak_rss_bytes"] > 0 and s["seconds"] >= 0 for s in report["steps"])
     assert report["merge"]["max_abs_logit_difference"] <= report["merge"]["tolerance"]
