@@ -9,7 +9,8 @@
 #   script/run_full_pipeline.sh --model medgemma-4b --stop    # stop it and its children
 #   script/run_full_pipeline.sh --model tiny --dry-run        # list the stages and commands
 #   script/run_full_pipeline.sh --model medgemma-27b --launch zero3 --nproc 4   # trainers under accelerate
-#   other options: --epochs N (every stage), --max-samples N, --force (rerun finished stages)
+#   other options: --epochs N (every stage), --max-samples N, --force (rerun finished stages),
+#   --dict-dir DIR (your medical dictionaries; required for a MedGemma run) or --allow-sample-dicts
 #
 # Stages: data (download, refine, verify, test exclusion, Korean proficiency) -> KorMedMCQA of the
 # untrained base -> add LoRA -> train_00 (plain text) -> train_01_with_00_monitor (dictionary) ->
@@ -39,8 +40,10 @@ LAUNCH="${LAUNCH:-}"  # a configs/accelerate/<LAUNCH>.yaml to run the trainers u
 NPROC="${NPROC:-}"
 DRY_RUN=0
 MAX_SAMPLES="${MAX_SAMPLES:-}"
+DICT_DIR="${DICT_DIR:-}"  # holds 01_medical_dict/{korean_medical_dict,char_dict}.jsonl (README, "Dictionaries")
+ALLOW_SAMPLE_DICTS="${ALLOW_SAMPLE_DICTS:-0}"
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -55,6 +58,8 @@ while [ $# -gt 0 ]; do
     --nproc) NPROC="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --max-samples) MAX_SAMPLES="$2"; shift 2 ;;
+    --dict-dir) DICT_DIR="$2"; shift 2 ;;
+    --allow-sample-dicts) ALLOW_SAMPLE_DICTS=1; shift ;;
     --force) FORCE=1; shift ;;
     --data-only) DATA_ONLY=1; shift ;;
     --status) ACTION=status; shift ;;
@@ -117,6 +122,29 @@ case "$ACTION" in
     exit 0 ;;
 esac
 
+# Checked before anything starts (a background run too), so a mistake is reported here.
+# What differs per model comes from its registry entry (training_config.pipeline_settings): EMBEDDED,
+# DEFAULT_EPOCHS_00/01/02, MCQ_SCORING, EVAL_MAX_NEW_TOKENS.
+settings="$(cd "$ROOT" && "$PYTHON" -m script.training_config --shell-settings "$MODEL")" || exit 2
+eval "$settings"
+# Dictionaries: the embedded world trains on the shipped sample; a real model on the user's own,
+# never silently on the ~835 synthetic sample entries. Checked here, before the first stage.
+DICT_FILES="01_medical_dict/korean_medical_dict.jsonl 01_medical_dict/char_dict.jsonl"
+if [ -n "$DICT_DIR" ]; then
+  missing=""
+  for f in $DICT_FILES; do [ -f "$DICT_DIR/$f" ] || missing+=" $DICT_DIR/$f"; done
+  [ -z "$missing" ] || { echo "error: --dict-dir/DICT_DIR $DICT_DIR lacks:$missing (format: README, \"Dictionaries\")" >&2; exit 2; }
+  DICT_DIR="$(cd "$DICT_DIR" && pwd)"
+elif [ "$EMBEDDED" = 0 ] && [ "$ALLOW_SAMPLE_DICTS" != 1 ]; then
+  echo "error: MODEL=$MODEL trains train_01 and its lexicons on medical dictionaries, and none are set." >&2
+  echo "  Point DICT_DIR (make pipeline MODEL=$MODEL DICT_DIR=/path, or --dict-dir) at a folder holding" >&2
+  echo "  $DICT_FILES (one {\"term\", \"definition\"} object per line; README, \"Dictionaries\")," >&2
+  echo "  or set ALLOW_SAMPLE_DICTS=1 to use the ~835 synthetic sample entries (a smoke run, not a model)." >&2
+  exit 2
+fi
+local_dir_arg=""
+[ -n "$DICT_DIR" ] && local_dir_arg=" --local-dir $DICT_DIR"
+
 if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   if pid="$(running_pid)"; then echo "a pipeline for $MODEL is already running (pid $pid); make stop MODEL=$MODEL first" >&2; exit 1; fi
   args=(--model "$MODEL" --foreground-child)
@@ -128,6 +156,8 @@ if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   [ -n "$LAUNCH" ] && args+=(--launch "$LAUNCH")
   [ -n "$NPROC" ] && args+=(--nproc "$NPROC")
   [ -n "$MAX_SAMPLES" ] && args+=(--max-samples "$MAX_SAMPLES")
+  [ -n "$DICT_DIR" ] && args+=(--dict-dir "$DICT_DIR")
+  [ "$ALLOW_SAMPLE_DICTS" = 1 ] && args+=(--allow-sample-dicts)
   [ "$FORCE" = 1 ] && args+=(--force)
   [ "$DATA_ONLY" = 1 ] && args+=(--data-only)
   # setsid: the pipeline gets its own process group, so --stop can end it and all its children.
@@ -140,13 +170,10 @@ fi
 
 # ---- the stages ------------------------------------------------------------------------------
 export MODEL HF_HUB_DISABLE_TELEMETRY=1
-# What differs per model comes from its registry entry (training_config.pipeline_settings): EMBEDDED,
-# DEFAULT_EPOCHS_00/01/02, MCQ_SCORING, EVAL_MAX_NEW_TOKENS.
-settings="$(cd "$ROOT" && "$PYTHON" -m script.training_config --shell-settings "$MODEL")" || exit 2
-eval "$settings"
 OFFLINE_DATA=0
 [ "$EMBEDDED" = 1 ] && { OFFLINE_DATA=1; export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1; }
 [ "${HF_HUB_OFFLINE:-0}" = 1 ] && OFFLINE_DATA=1
+
 
 # Epochs per training stage: --epochs-0X, else --epochs, else the registry's pipeline_epochs.
 EPOCHS_00="${EPOCHS_00:-${EPOCHS:-$DEFAULT_EPOCHS_00}}"
@@ -158,9 +185,9 @@ STAGES=()
 add_stage() { local file="$1"; shift; [ -e "$ROOT/$file" ] && STAGES+=("$*"); return 0; }
 [ "$DATA_ONLY" = 0 ] && [ "$EMBEDDED" = 1 ] && add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model"
 if [ "$OFFLINE_DATA" = 1 ]; then
-  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample"
+  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample$local_dir_arg"
 else
-  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets"
+  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets$local_dir_arg"
 fi
 add_stage refine_scripts/refine_4types.py "refine|$PYTHON -m refine_scripts.refine_4types"
 add_stage refine_scripts/refine_plain_text.py "refine_plain_text|$PYTHON -m refine_scripts.refine_plain_text"

@@ -133,23 +133,47 @@ def test_a_pid_file_naming_a_live_process_that_is_not_a_pipeline_is_stale(tmp_pa
         other.wait()
 
 
+def run_dry(home: Path, model: str, *flags: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "MEDGEMMA_KOREAN_HOME": str(home), "PYTHON": sys.executable}
+    env.pop("DICT_DIR", None)
+    env.pop("ALLOW_SAMPLE_DICTS", None)
+    return subprocess.run(["bash", str(SCRIPT), "--model", model, "--dry-run", *flags], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def dry_run_stages(home: Path, model: str, *flags: str) -> dict[str, str]:
+    result = run_dry(home, model, *flags)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("[")]
+    return {row.split(" ", 1)[0]: row.split("): ", 1)[1] for row in rows}
+
+
+def test_a_real_model_needs_real_dictionaries_before_any_stage(tmp_path):
+    refused = run_dry(tmp_path, "medgemma-4b")
+    assert refused.returncode == 2 and "DICT_DIR" in refused.stderr and "ALLOW_SAMPLE_DICTS=1" in refused.stderr
+    assert not [line for line in refused.stdout.splitlines() if line.startswith("[")]  # no stage listed or run
+    dicts = tmp_path / "dicts" / "01_medical_dict"
+    dicts.mkdir(parents=True)
+    (dicts / "korean_medical_dict.jsonl").write_text('{"term": "폐렴", "definition": "폐의 염증."}\n')
+    missing = run_dry(tmp_path, "medgemma-4b", "--dict-dir", str(dicts.parent))
+    assert missing.returncode == 2 and "char_dict.jsonl" in missing.stderr
+    (dicts / "char_dict.jsonl").write_text('{"term": "↑", "definition": "증가."}\n')
+    stages = dry_run_stages(tmp_path, "medgemma-4b", "--dict-dir", str(dicts.parent))
+    assert stages["download"].endswith(f"--local-dir {dicts.parent.resolve()}")
+    assert "--local-dir" not in dry_run_stages(tmp_path, "tiny")["download"]  # the embedded world's sample
+    unknown = run_dry(tmp_path, "medgemma-9b")
+    assert unknown.returncode == 2 and "unknown model 'medgemma-9b'" in unknown.stderr
+
+
 def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_path):
     """tiny's registry entry scores KorMedMCQA in cloze form too: base and final cloze evaluations,
     their own summary (last), and a second adapter that trains the embeddings; MedGemma gets none."""
-    def stages(model: str) -> dict[str, str]:
-        env = {**os.environ, "MEDGEMMA_KOREAN_HOME": str(tmp_path), "PYTHON": sys.executable}
-        result = subprocess.run(["bash", str(SCRIPT), "--model", model, "--dry-run"], env=env,
-                                capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        rows = [line.split("] ", 1)[1] for line in result.stdout.splitlines() if line.startswith("[")]
-        return {row.split(" ", 1)[0]: row.split("): ", 1)[1] for row in rows}
-
-    tiny = stages("tiny")
+    tiny = dry_run_stages(tmp_path, "tiny")
     assert list(tiny)[-1] == "summary_cloze"
     assert "--mode cloze" in tiny["evaluate_base_cloze"] and "--mode cloze" in tiny["evaluate_final_cloze"]
     assert list(tiny).index("evaluate_final_cloze") > list(tiny).index("train_02")
     assert "--train-embeddings" in tiny["add_lora_adapter_01"]
-    big = stages("medgemma-4b")
+    big = dry_run_stages(tmp_path, "medgemma-4b", "--allow-sample-dicts")
     assert not [name for name in big if "cloze" in name]
     assert "--train-embeddings" not in big["add_lora_adapter_01"]
     assert "--mode letter --prompt train02" in big["evaluate_final"]
