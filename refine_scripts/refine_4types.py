@@ -329,6 +329,7 @@ class Settings:
     short_answer_max_chars: int = DEFAULT_SHORT_ANSWER_MAX_CHARS
     validation_percent: float = DEFAULT_VALIDATION_PERCENT
     max_reject_percent: float = DEFAULT_MAX_REJECT_PERCENT
+    report_only: bool = False  # over the reject limit: warn and write the type files anyway
 
 
 @dataclass
@@ -461,7 +462,7 @@ def refine_all(settings: Settings) -> RunStats:
         with tqdm(total=total_rows, desc="refine", unit="row") as progress:
             for source, config, split, path in inputs:
                 refine_file(source, config, split, path, settings, stats, seen, writers, progress)
-        if stats.over_limit(settings.max_reject_percent):
+        if stats.over_limit(settings.max_reject_percent) and not settings.report_only:
             raise TooManyRejects(stats)  # leaving the ExitStack with an error discards the temp files
     return stats
 
@@ -476,6 +477,7 @@ def stats_document(stats: RunStats, settings: Settings) -> dict:
             "short_answer_max_chars": settings.short_answer_max_chars,
             "validation_percent": settings.validation_percent,
             "max_reject_percent": settings.max_reject_percent,
+            "report_only": settings.report_only,
         },
         "sources": {name: counts.to_dict() for name, counts in stats.sources.items()},
         "types": {
@@ -527,6 +529,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-reject-percent", type=float, default=DEFAULT_MAX_REJECT_PERCENT, metavar="P",
                         help="fail (exit 1, type files untouched) when any source rejects more than P %% of its rows "
                              f"(default: {DEFAULT_MAX_REJECT_PERCENT:g})")
+    parser.add_argument("--report-only", action="store_true",
+                        help="a source over --max-reject-percent is reported (warning, refine_stats.json "
+                             "passed=false) and the type files are written all the same; exit 0")
     return parser
 
 
@@ -538,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 <= args.validation_percent <= 100:
         raise SystemExit("--validation-percent must be between 0 and 100")
     settings = Settings(args.input, args.output, args.short_answer_max_chars, args.validation_percent,
-                        args.max_reject_percent)
+                        args.max_reject_percent, args.report_only)
     try:
         stats = refine_all(settings)
     except NoInput as exc:
@@ -553,7 +558,12 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(document)
     if stats.evaluation_inputs:
         print(f"not refined (evaluation splits): {len(stats.evaluation_inputs)} files, e.g. {stats.evaluation_inputs[0]}")
-    if not document["passed"]:
+    if not document["passed"] and settings.report_only:
+        print(f"\nWARNING: sources over the reject limit ({settings.max_reject_percent:g} %), kept (--report-only); "
+              f"see {settings.output / REJECTS_NAME}:", file=sys.stderr)
+        for line in document["over_reject_limit"]:
+            print(f"  {line}", file=sys.stderr)
+    elif not document["passed"]:
         print("\nFAILED: too many rejects (limit --max-reject-percent "
               f"{settings.max_reject_percent:g}); type files left unchanged. See {settings.output / REJECTS_NAME}:",
               file=sys.stderr)

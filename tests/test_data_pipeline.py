@@ -387,6 +387,17 @@ def test_too_many_rejects_fail_and_leave_outputs_untouched(tmp_path):
     assert len(read_records(out / "rejects.jsonl")) == 1
 
 
+def test_report_only_keeps_the_data_and_says_what_was_over_the_limit(tmp_path, capsys):
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    write_lines(raw_path(raw, "kormedmcqa", "doctor", "train"), [kormed_row(answer=1), kormed_row(answer=9)])
+    assert refine(raw, out, "--report-only") == 0
+    assert "kormedmcqa: 1 of 2 rows rejected (50.0%)" in capsys.readouterr().err
+    stats = read_json(out / "refine_stats.json")
+    assert not stats["passed"] and stats["settings"]["report_only"]
+    assert len(read_records(out / "type3_word" / "train.jsonl")) + len(
+        read_records(out / "type3_word" / "validation.jsonl")) == 1
+
+
 def test_refine_without_raw_data_says_what_to_run(tmp_path, capsys):
     assert refine(tmp_path / "empty", tmp_path / "out") == 2
     assert "download_all_datasets" in capsys.readouterr().err

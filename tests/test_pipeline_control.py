@@ -184,6 +184,11 @@ def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_pat
     assert "--epochs 2 " in tiny["train_02"] and "--epochs 5 " in big["train_02"] and "--epochs 3 " in big["train_01"]
     assert "--max-new-tokens 96" in tiny["evaluate_final"] and "--max-new-tokens" not in big["evaluate_final"]
     assert "tiny_model" in tiny and "tiny_model" not in big
+    # quality gates report and go on; --strict makes them stop the run
+    assert big["refine"].endswith("--report-only") and big["korean_proficiency"].endswith("--no-fail")
+    strict = dry_run_stages(tmp_path, "medgemma-4b", "--allow-sample-dicts", "--strict")
+    assert "--report-only" not in strict["refine"] and "--no-fail" not in strict["korean_proficiency"]
+    assert strict["leakage_probe"].endswith("--strict")
 
 
 def test_per_model_settings_live_in_the_registry_not_in_shell_case_blocks():
