@@ -327,6 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-dir", type=Path, metavar="DIR",
                         help="directory holding the local dictionary files (01_medical_dict/*.jsonl); default: "
                              f"DIR/local with --from-dir, else {SAMPLE_DATA_DIR / 'local'}")
+    parser.add_argument("--check-local", action="store_true",
+                        help="only check that the local dictionary files are in --local-dir (exit 2 naming the "
+                             "missing ones); the pipeline runs this before its first stage")
     parser.add_argument("--max-rows", type=int, metavar="N",
                         help="keep only the first N rows of every split (hub data is streamed, not downloaded "
                              "whole); recorded in the manifest. Default: all rows")
@@ -350,11 +353,26 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return Settings(args.output, args.from_dir, local_dir, args.max_rows, args.cache_dir, args.force)
 
 
+def check_local_files(local_dir: Path, sources: Sequence[Source]) -> int:
+    """0 when every local source's files are in ``local_dir``; else 2, naming each missing file."""
+    expected = [local_dir / name for source in sources for name in (source.local_files or {}).values()]
+    missing = [path for path in expected if not path.is_file()]
+    if missing:
+        print(f"error: {local_dir} lacks {', '.join(map(str, missing))} (it must hold "
+              f"{', '.join(str(p.relative_to(local_dir)) for p in expected)}: JSON Lines of "
+              '{"term", "definition"}; README, "Dictionaries")', file=sys.stderr)
+        return 2
+    print(f"{local_dir}: {len(expected)} dictionary files present")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
     selected = [get_source(name) for name in args.only] if args.only else list(SOURCES)
+    if args.check_local:
+        return check_local_files(settings.local_dir, [s for s in selected if s.is_local])
 
     if args.from_dir is not None and not args.from_dir.is_dir():
         print(f"--from-dir {args.from_dir}: no such directory", file=sys.stderr)

@@ -132,16 +132,14 @@ settings="$(cd "$ROOT" && "$PYTHON" -m script.training_config --shell-settings "
 eval "$settings"
 # Dictionaries: the embedded world trains on the shipped sample; a real model on the user's own,
 # never silently on the ~835 synthetic sample entries. Checked here, before the first stage.
-DICT_FILES="01_medical_dict/korean_medical_dict.jsonl 01_medical_dict/char_dict.jsonl"
 if [ -n "$DICT_DIR" ]; then
-  missing=""
-  for f in $DICT_FILES; do [ -f "$DICT_DIR/$f" ] || missing+=" $DICT_DIR/$f"; done
-  [ -z "$missing" ] || { echo "error: --dict-dir/DICT_DIR $DICT_DIR lacks:$missing (format: README, \"Dictionaries\")" >&2; exit 2; }
+  [ -d "$DICT_DIR" ] || { echo "error: --dict-dir/DICT_DIR $DICT_DIR: no such directory" >&2; exit 2; }
   DICT_DIR="$(cd "$DICT_DIR" && pwd)"
+  (cd "$ROOT" && "$PYTHON" -m script.download_all_datasets --check-local --local-dir "$DICT_DIR") || exit 2
 elif [ "$EMBEDDED" = 0 ] && [ "$ALLOW_SAMPLE_DICTS" != 1 ]; then
   echo "error: MODEL=$MODEL trains train_01 and its lexicons on medical dictionaries, and none are set." >&2
-  echo "  Point DICT_DIR (make pipeline MODEL=$MODEL DICT_DIR=/path, or --dict-dir) at a folder holding" >&2
-  echo "  $DICT_FILES (one {\"term\", \"definition\"} object per line; README, \"Dictionaries\")," >&2
+  echo "  Point DICT_DIR (make pipeline MODEL=$MODEL DICT_DIR=/path, or --dict-dir) at a folder laid out like" >&2
+  echo "  data/sample/local/ (01_medical_dict/*.jsonl, one {\"term\", \"definition\"} object per line; README, \"Dictionaries\")," >&2
   echo "  or set ALLOW_SAMPLE_DICTS=1 to use the ~835 synthetic sample entries (a smoke run, not a model)." >&2
   exit 2
 fi

@@ -157,7 +157,9 @@ def test_a_real_model_needs_real_dictionaries_before_any_stage(tmp_path):
     (dicts / "korean_medical_dict.jsonl").write_text('{"term": "폐렴", "definition": "폐의 염증."}\n')
     missing = run_dry(tmp_path, "medgemma-4b", "--dict-dir", str(dicts.parent))
     assert missing.returncode == 2 and "char_dict.jsonl" in missing.stderr
+    assert "korean_animal_medical_dict.jsonl" in missing.stderr  # every file the sources name (sources.py)
     (dicts / "char_dict.jsonl").write_text('{"term": "↑", "definition": "증가."}\n')
+    (dicts / "korean_animal_medical_dict.jsonl").write_text('{"term": "파보", "definition": "개의 감염병."}\n')
     stages = dry_run_stages(tmp_path, "medgemma-4b", "--dict-dir", str(dicts.parent))
     assert stages["download"].endswith(f"--local-dir {dicts.parent.resolve()}")
     assert "--local-dir" not in dry_run_stages(tmp_path, "tiny")["download"]  # the embedded world's sample
