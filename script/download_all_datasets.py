@@ -16,8 +16,10 @@ Output, one file per source, config and split, in the upstream column schema:
 
 The run is resumable: a source whose manifest entries match (same hub id, config, split, origin and
 row limit, files present with the recorded sha256) is skipped. A source whose columns differ from
-the registry fails with "expected columns X, found Y"; the other sources go on. Exit status 0 only
-when every selected source succeeded (1 otherwise; 2 when the hub cannot be reached).
+the registry fails with "expected columns X, found Y"; the other sources go on. Exit status 1 when a
+required source (``Source.required``: KorMedMCQA, the dictionaries) failed, or any source with
+``--strict``; a failed optional source is listed as skipped and the exit status stays 0; 2 when the
+hub cannot be reached.
 """
 
 from __future__ import annotations
@@ -327,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--local-dir", type=Path, metavar="DIR",
                         help="directory holding the local dictionary files (01_medical_dict/*.jsonl); default: "
                              f"DIR/local with --from-dir, else {SAMPLE_DATA_DIR / 'local'}")
+    parser.add_argument("--strict", action="store_true",
+                        help="exit 1 when any source fails (default: only when a required one does; a failed "
+                             "optional source is skipped with its reason)")
     parser.add_argument("--check-local", action="store_true",
                         help="only check that the local dictionary files are in --local-dir (exit 2 naming the "
                              "missing ones); the pipeline runs this before its first stage")
@@ -406,7 +411,17 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
 
     print_summary(results)
-    return 0 if all(r.status != "FAILED" for r in results) else 1
+    failed = {r.name for r in results if r.status == "FAILED"}
+    required = sorted(s.name for s in selected if s.required and s.name in failed)
+    if required:
+        print(f"FAILED: required source(s) {', '.join(required)}: the stages that need them cannot run",
+              file=sys.stderr)
+        return 1
+    if failed:
+        print(f"skipped optional source(s) {', '.join(sorted(failed))} (reasons above); the run goes on without "
+              "them" + (" -- but --strict: exit 1" if args.strict else ""), file=sys.stderr)
+        return 1 if args.strict else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -143,8 +143,9 @@ elif [ "$EMBEDDED" = 0 ] && [ "$ALLOW_SAMPLE_DICTS" != 1 ]; then
   echo "  or set ALLOW_SAMPLE_DICTS=1 to use the ~835 synthetic sample entries (a smoke run, not a model)." >&2
   exit 2
 fi
-local_dir_arg=""
-[ -n "$DICT_DIR" ] && local_dir_arg=" --local-dir $DICT_DIR"
+download_args=""
+[ -n "$DICT_DIR" ] && download_args=" --local-dir $DICT_DIR"
+[ "$STRICT" = 1 ] && download_args+=" --strict"  # a failed optional source stops the run too
 
 if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   if pid="$(running_pid)"; then echo "a pipeline for $MODEL is already running (pid $pid); make stop MODEL=$MODEL first" >&2; exit 1; fi
@@ -187,9 +188,9 @@ STAGES=()
 add_stage() { local file="$1"; shift; [ -e "$ROOT/$file" ] && STAGES+=("$*"); return 0; }
 [ "$DATA_ONLY" = 0 ] && [ "$EMBEDDED" = 1 ] && add_stage script/make_tiny_model.py "tiny_model|$PYTHON -m script.make_tiny_model"
 if [ "$OFFLINE_DATA" = 1 ]; then
-  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample$local_dir_arg"
+  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets --from-dir $ROOT/data/sample$download_args"
 else
-  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets$local_dir_arg"
+  add_stage script/download_all_datasets.py "download|$PYTHON -m script.download_all_datasets$download_args"
 fi
 # Quality gates report and the run goes on (real data has rough sources: the guide's own run missed
 # its type-2 coverage target); --strict/STRICT=1 makes them stop it. A malformed refined record

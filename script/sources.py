@@ -66,6 +66,9 @@ class Source:
     # into training data. A source that feeds FEED_EVALUATION is evaluation material as a whole.
     evaluation_splits: tuple[str, ...] = ()
     note: str = ""
+    # A stage cannot run without it (KorMedMCQA: train_02 and every evaluation; the dictionaries:
+    # train_01). A failed optional source is skipped and the run goes on without it.
+    required: bool = False
 
     @property
     def is_local(self) -> bool:
@@ -114,7 +117,7 @@ SOURCES: tuple[Source, ...] = (
     # ---- Multiple choice: type 3 ------------------------------------------------------------
     Source("kormedmcqa", "sean0042/KorMedMCQA", KORMEDMCQA_CONFIGS, KORMEDMCQA_SPLITS,
            ("subject", "year", "period", "q_number", "question", "A", "B", "C", "D", "E", "answer"), FEED_MCQ,
-           evaluation_splits=("dev", "test", "fewshot"),
+           evaluation_splits=("dev", "test", "fewshot"), required=True,
            note="answer is 1-5; dev/test/fewshot of every config are evaluation items: never refined"),
     Source("medqa", "ChuGyouk/MedQA", (DEFAULT_CONFIG,), ("train", "test"),
            ("question_ko", "A_ko", "B_ko", "C_ko", "D_ko", "answer_idx"), FEED_MCQ,
@@ -140,9 +143,10 @@ SOURCES: tuple[Source, ...] = (
     Source("medical_dict", None, ("korean_medical_dict", "korean_animal_medical_dict"), ("train",),
            ("term", "definition"), FEED_DICTIONARY,
            local_files={"korean_medical_dict": "01_medical_dict/korean_medical_dict.jsonl",
-                        "korean_animal_medical_dict": "01_medical_dict/korean_animal_medical_dict.jsonl"}),
+                        "korean_animal_medical_dict": "01_medical_dict/korean_animal_medical_dict.jsonl"},
+           required=True),
     Source("char_dict", None, (DEFAULT_CONFIG,), ("train",), ("term", "definition"), FEED_DICTIONARY,
-           local_files={DEFAULT_CONFIG: "01_medical_dict/char_dict.jsonl"}),
+           local_files={DEFAULT_CONFIG: "01_medical_dict/char_dict.jsonl"}, required=True),
 )
 
 _BY_NAME = {source.name: source for source in SOURCES}

@@ -178,10 +178,16 @@ def test_download_reports_wrong_columns_and_goes_on(tmp_path, capsys):
     make_mirror_dataset(mirror, "ChuGyouk/AI_healthcare_QA", [{"question": "q", "answer": "a"}])
     rc = download(tmp_path / "raw", tmp_path / "cache", "--only", "healthsearchqa_ko", "ai_healthcare_qa",
                   from_dir=mirror)
-    out = capsys.readouterr().out
-    assert rc == 1
-    assert "expected columns ['question_ko', 'answer_ko'], found ['question', 'answer']" in out
-    assert "1 of 2 sources ok, 1 failed" in out
+    captured = capsys.readouterr()
+    assert rc == 0  # an optional source: skipped with its reason, the run goes on
+    assert "expected columns ['question_ko', 'answer_ko'], found ['question', 'answer']" in captured.out
+    assert "1 of 2 sources ok, 1 failed" in captured.out
+    assert "skipped optional source(s) healthsearchqa_ko" in captured.err
+    assert download(tmp_path / "raw2", tmp_path / "cache", "--only", "healthsearchqa_ko", "--strict",
+                    from_dir=mirror) == 1
+    make_mirror_dataset(mirror, "sean0042/KorMedMCQA", [{"question": "q"}])  # required, and wrong
+    assert download(tmp_path / "raw3", tmp_path / "cache", "--only", "kormedmcqa", from_dir=mirror) == 1
+    assert "required source(s) kormedmcqa" in capsys.readouterr().err
     assert raw_path(tmp_path / "raw", "ai_healthcare_qa", "default", "train").is_file()
     assert not raw_path(tmp_path / "raw", "healthsearchqa_ko", "default", "train").exists()
 
