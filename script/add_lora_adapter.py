@@ -28,26 +28,23 @@ import logging
 from pathlib import Path
 
 from script.data_io import atomic_write_dir, atomic_write_json
+from script.model_loading import adapter_base_model, is_adapter_dir, resolve_adapter_chain, write_adapter_chain
+from script.training_config import STAGE_01_ADAPTER, ConfigError
 from script.training_utils import (
-    ConfigError,
-    adapter_base_model,
     attach_lora,
     build_arg_parser,
     git_sha,
-    is_adapter_dir,
     library_versions,
     load_merged_chain,
     load_model_and_tokenizer,
-    resolve_adapter_chain,
     start_run,
     trainable_parameters,
-    write_adapter_chain,
 )
 
 logger = logging.getLogger("add_lora_adapter")
 
 RAW_STAGE = "raw_lora_added"
-STACKED_STAGE = "01_another_lora_added"
+STACKED_STAGE = STAGE_01_ADAPTER
 
 
 def main(argv: list[str] | None = None) -> dict:

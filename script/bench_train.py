@@ -90,7 +90,7 @@ def bench_records(data_dir: Path, count: int, seed: int) -> list[dict]:
     """``count`` refined training records of all four types, shuffled with ``seed`` (repeated if short)."""
     import random
 
-    from script.training_utils import load_split_records
+    from script.training_data import load_split_records
 
     records = []
     for type_name in REFINED_TYPES:
@@ -202,8 +202,14 @@ def run_worker(args: argparse.Namespace) -> dict:
     """Train one configuration for --steps optimizer steps; return its figures."""
     from transformers import TrainerCallback
 
-    from script.training_utils import (attach_lora, build_arg_parser, load_model_and_tokenizer, start_run,
-                                       to_sft_dataset, training_options)
+    from script.training_data import to_sft_dataset
+    from script.training_utils import (
+        attach_lora,
+        build_arg_parser,
+        load_model_and_tokenizer,
+        start_run,
+        training_options,
+    )
 
     config = args.worker
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 from script import formats
 from script.training_config import DEFAULT_MODEL
-from script.training_utils import add_pickle_weights_flag
+from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger("chat")
 
@@ -107,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     args = parse_args(argv)
     from script.model_loading import load_model_for_eval
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     try:
         loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization,

@@ -8,7 +8,7 @@
 The estimate adds up, in bytes:
   weights       base weights: the language model's projection matrices at the quantization's width
                 (bf16 2 bytes, 8-bit 1, nf4 ~0.52 with its scales); embeddings, norms and the vision
-                tower stay in bf16 (they are not quantized, see training_utils)
+                tower stay in bf16 (they are not quantized, see model_loading)
   lora          LoRA A/B matrices on the 7 projections of every layer, kept in float32 by PEFT, with
                 gradients and AdamW's two moments: 16 bytes per parameter
   embeddings    when embeddings are trained (MEMORY_CONFIGS train_embeddings): the trainable copy of

@@ -60,7 +60,7 @@ from script.evaluation import (
     mcq_prompt_messages,
 )
 from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT
-from script.training_utils import add_pickle_weights_flag
+from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger("eval_crosscheck")
 
@@ -178,7 +178,7 @@ def harness_model_args(info: Mapping[str, Any]) -> dict:
     before loading an adapter (Gemma has padding rows: 262,208 vs 262,145; tiny 8,064 vs 8,000), so
     saved embedding rows no longer fit.
     """
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     args = {"pretrained": str(info["base_model"]), "dtype": str(info["dtype"]), "device": str(info["device"])}
     adapters = list(info["adapters"])
@@ -201,7 +201,7 @@ def harness_model(loaded, batch_size: int, in_memory: bool = False) -> tuple[Any
     harness loads from, or, when it cannot load those weights (``harness_model_args`` says why) or
     ``in_memory`` is asked, an ``HFLM`` around the model loaded here, chain merged and embeddings in
     place, so the harness resizes nothing."""
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     if not in_memory:
         try:
@@ -344,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     args = parse_args(argv)
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     try:
         return crosscheck(args)

@@ -63,7 +63,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from script import controls
-from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text, read_json
+from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text
 from script import report_sources
 from script.report_comparison import _ci, _p, _pct, compare, load_report, markdown
 from script.report_sources import WEAK_DIVISION_ACCURACY, Sources

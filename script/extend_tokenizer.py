@@ -44,7 +44,7 @@ including the vision tower of multimodal checkpoints, is frozen and no LoRA is a
 
 Output: model/extended_tokenizer/<MODEL>/ = full model (safetensors), tokenizer, chat template,
 extension_report.json and README.md. It loads like any base model (``--base-model`` of every
-trainer, ``training_utils.load_base_model`` / ``load_tokenizer``). Note that adapters trained on it
+trainer, ``model_loading.load_base_model`` / ``load_tokenizer``). Note that adapters trained on it
 with embeddings in ``modules_to_save`` carry the whole resized matrix (GBs for MedGemma).
 """
 
@@ -80,7 +80,7 @@ from script.training_config import (
     get_model_config,
     stage_output_dir,
 )
-from script.training_utils import add_pickle_weights_flag
+from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger(__name__)
 
@@ -448,7 +448,7 @@ def build_extended_tokenizer(tokenizer, learned: LearnedPieces, staging_dir: Pat
     reloading through the tokenizer's own class keeps its special tokens, chat template and
     byte fallback, and is exactly how every later script will load it.
     """
-    from script.training_utils import load_tokenizer
+    from script.model_loading import load_tokenizer
 
     data = backend_json(tokenizer)
     model = data["model"]
@@ -843,19 +843,10 @@ def default_num_new_tokens(tokenizer_len: int) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from script.training_utils import (
-        ConfigError,
-        ensure_model_available,
-        git_sha,
-        is_adapter_dir,
-        library_versions,
-        load_base_model,
-        load_tokenizer,
-        resolve_device,
-        resolve_dtype,
-        set_seed,
-        setup_logging,
-    )
+    from script.hardware import resolve_device, resolve_dtype
+    from script.model_loading import ensure_model_available, is_adapter_dir, load_base_model, load_tokenizer
+    from script.training_config import ConfigError
+    from script.training_utils import git_sha, library_versions, set_seed, setup_logging
 
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     model_config = get_model_config(args.model)
@@ -1003,7 +994,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from script.training_config import UnknownModelError
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -32,7 +32,6 @@ from pathlib import Path
 from script import kormedmcqa
 from script.data_io import atomic_write_dir
 from script.sample_knowledge import (
-    CONDITION_GROUP,
     CONDITIONS,
     DIVISIONS,
     GENERAL_TOPICS,

@@ -62,7 +62,7 @@ from pathlib import Path
 
 from script.data_io import atomic_write_dir
 from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR
-from script.training_utils import add_pickle_weights_flag
+from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger("merge_and_export")
 
@@ -196,7 +196,8 @@ def export_adapter_main(loaded, output: Path, prompts: Sequence[str], reference:
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from script.training_utils import git_sha, library_versions, load_base_model
+    from script.model_loading import load_base_model
+    from script.training_utils import git_sha, library_versions
 
     info = loaded.info
     model = loaded.model
@@ -312,7 +313,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from script.model_loading import load_model_for_eval
-    from script.training_utils import ConfigError, git_sha, library_versions
+    from script.training_config import ConfigError
+    from script.training_utils import git_sha, library_versions
 
     try:
         loaded = load_model_for_eval(args.model, args.adapter, args.device, quantization="none",

@@ -23,17 +23,18 @@ from script.sources import (
     SOURCES,
     get_source,
 )
+from script.training_config import STAGE_00, STAGE_01, STAGE_02
 
 # What each stage trains on, as the sources' feeds (train_02 trains KorMedMCQA's train split only).
 STAGE_FEEDS: dict[str, tuple[str, ...]] = {
-    "00_trained": (FEED_PLAIN_TEXT,),
-    "01_trained": (FEED_DICTIONARY,),
+    STAGE_00: (FEED_PLAIN_TEXT,),
+    STAGE_01: (FEED_DICTIONARY,),
     "type1_text": (FEED_TYPE1,),
     "type2_text_reasoning": (FEED_REASONING,),
     "type3_word": (FEED_MCQ,),
     "type4_word_reasoning": (FEED_REASONING,),
 }
-STAGE_SOURCES: dict[str, tuple[str, ...]] = {"02_trained": ("kormedmcqa",)}
+STAGE_SOURCES: dict[str, tuple[str, ...]] = {STAGE_02: ("kormedmcqa",)}
 MEDGEMMA_LICENSE = "health-ai-developer-foundations"  # the MedGemma model cards' terms
 TOOLKIT_TAG = "medgemma-korean"  # marks a card this toolkit wrote (and may update)
 EVALUATIONS_START = "<!-- evaluations: written by script/validation_kor_med_test.py -->"

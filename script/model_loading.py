@@ -1,13 +1,16 @@
-"""A model ready for inference: a registry name, a model dir or an adapter dir, plus a chain of adapters.
+"""Loading models: checkpoints (safetensors only by default), tokenizers, adapters and chains of them.
 
     from script.model_loading import load_model_for_eval
     loaded = load_model_for_eval("tiny", ["model/02_trained/tiny/final"], device="cpu")
     loaded.model, loaded.tokenizer, loaded.info
 
-Every script that scores or serves a trained model (validation_kor_med_test, chat, merge_and_export,
-eval_crosscheck, the benchmarks, phase 5) loads it here, so adapters, chains, extended vocabularies
-and the safe-weights rule mean the same everywhere. The scorers (script/evaluation.py) take the
-loaded model and tokenizer and never load anything themselves.
+The primitives (``load_base_model``, ``load_tokenizer``, ``resolve_adapter_chain``, ``merge_adapters``,
+the safe-weights checks) serve the trainers (script/training_utils.py builds a run's model from them)
+and every script that scores or serves a trained model (validation_kor_med_test, chat,
+merge_and_export, eval_crosscheck, the benchmarks, phase 5), which loads through
+``load_model_for_eval``; so adapters, chains, extended vocabularies and the safe-weights rule mean the
+same everywhere. The scorers (script/evaluation.py) take the loaded model and tokenizer and never load
+anything themselves. transformers and peft are imported inside the functions (kept lazy).
 """
 
 from __future__ import annotations
@@ -18,20 +21,255 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from script.data_io import atomic_write_json, read_json
+from script.hardware import resolve_device, resolve_dtype
+from script.launch import fsdp_rank_holds_no_weights
 from script.training_config import MODEL_CONFIGS, ConfigError
-from script.training_utils import (
-    adapter_base_model,
-    check_adapter_weights,
-    ensure_model_available,
-    is_adapter_dir,
-    load_base_model,
-    load_tokenizer,
-    resolve_adapter_chain,
-    resolve_device,
-    resolve_dtype,
-)
 
 logger = logging.getLogger(__name__)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    return Path(path, "adapter_config.json").is_file()
+
+
+
+PICKLE_WEIGHTS_FLAG = "--allow-pickle-weights"
+
+
+
+PICKLE_FILE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.pkl", "*.ckpt")
+
+
+
+def add_pickle_weights_flag(parser) -> None:
+    """``--allow-pickle-weights`` on a parser or argument group; every script that loads models has it."""
+    parser.add_argument(PICKLE_WEIGHTS_FLAG, action="store_true",
+                        help="also load model/adapter dirs that offer only pickle weights (*.bin); pickle can run "
+                             "code when unpickled, so by default only safetensors are loaded")
+
+
+
+def check_adapter_weights(adapter_dir: str | Path, allow_pickle_weights: bool = False) -> None:
+    """Refuse an adapter dir whose only weights are pickle (``adapter_model.bin``) unless allowed.
+
+    PEFT falls back to ``adapter_model.bin`` silently when the safetensors file is missing.
+    """
+    local = Path(adapter_dir)
+    if not local.is_dir() or (local / "adapter_model.safetensors").is_file():
+        return
+    pickled = sorted(p.name for pattern in PICKLE_FILE_PATTERNS for p in local.glob(pattern))
+    if not pickled:
+        raise ConfigError(f"{local}: adapter dir without adapter_model.safetensors")
+    if not allow_pickle_weights:
+        raise ConfigError(f"{local}: the adapter offers only pickle weights ({', '.join(pickled)}), which are "
+                          f"refused; convert them to safetensors, or pass {PICKLE_WEIGHTS_FLAG} if you trust them")
+    logger.warning("%s: loading pickle adapter weights (%s) because %s was given",
+                   local, ", ".join(pickled), PICKLE_WEIGHTS_FLAG)
+
+
+
+def ensure_model_available(path: str, allow_pickle_weights: bool = False, build_command: str = "") -> str:
+    """Check a local model dir is usable (safetensors weights); a hub id passes through.
+
+    A dir offering only pickle weights (``*.bin``) is refused unless ``allow_pickle_weights``
+    (``--allow-pickle-weights``). ``build_command``: how to build a missing embedded model, for the error.
+    """
+    build = build_command
+    local = Path(path)
+    if not local.exists():
+        if build:
+            raise ConfigError(f"model dir {local} does not exist; build it with: {build} (make does this)")
+        if not _looks_like_hub_id(path):
+            raise ConfigError(f"model dir {local} does not exist")
+        return path  # a hub id: from_pretrained resolves it (offline: from the local cache)
+    if is_adapter_dir(local):
+        check_adapter_weights(local, allow_pickle_weights)
+        return path
+    weights = list(local.glob("*.safetensors"))
+    pickled = sorted(p.name for pattern in PICKLE_FILE_PATTERNS for p in local.glob(pattern))
+    if not weights:
+        if pickled and allow_pickle_weights:
+            logger.warning("%s: loading pickle weights (%s) because %s was given",
+                           local, ", ".join(pickled), PICKLE_WEIGHTS_FLAG)
+            return path
+        hint = (f" (it offers only pickle weights, which are refused: convert them to safetensors, or pass "
+                f"{PICKLE_WEIGHTS_FLAG} if you trust them)") if pickled else ""
+        raise ConfigError(f"{local}: no *.safetensors weights{hint}")
+    return path
+
+
+
+def _looks_like_hub_id(path: str) -> bool:
+    parts = path.split("/")
+    return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))
+
+
+
+def load_tokenizer(path: str, padding_side: str = "right"):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    if tokenizer.pad_token is None:
+        raise ConfigError(f"{path}: tokenizer has no pad token")
+    tokenizer.padding_side = padding_side
+    return tokenizer
+
+
+
+def _quantization_config(quantization: str, dtype, multimodal: bool):
+    if quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    # The vision tower and projector stay in full precision (and out of LoRA).
+    skip = ["lm_head", r".*vision_tower", r".*multi_modal_projector"] if multimodal else ["lm_head"]
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=skip)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_storage=dtype,
+                              llm_int8_skip_modules=skip)
+
+
+
+def is_multimodal(model_or_config) -> bool:
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", "") == "gemma3" or hasattr(config, "vision_config")
+
+
+
+def load_base_model(path: str, device: str | None, dtype, quantization: str = "none",
+                    gradient_checkpointing: bool = False, attn_implementation: str = "eager",
+                    allow_pickle_weights: bool = False):
+    """Load a Gemma-3 text or multimodal checkpoint for training, safetensors only
+    (unless ``allow_pickle_weights``: then safetensors first, pickle as the fallback).
+
+    Multimodal checkpoints (MedGemma-4B-it, tiny-mm) load as Gemma3ForConditionalGeneration
+    through AutoModelForCausalLM; their vision tower is frozen.
+
+    ``device=None`` (FSDP / ZeRO-3 launches, see ``model_load_plan``) passes no ``device_map``:
+    transformers then loads the weights on rank 0's CPU only (FSDP's cpu_ram_efficient_loading; the
+    other ranks hold meta tensors until FSDP broadcasts the shards) or partitioned (ZeRO-3's zero.Init).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path, trust_remote_code=False)
+    multimodal = is_multimodal(config)
+    if device is None and fsdp_rank_holds_no_weights():
+        # FSDP's cpu_ram_efficient_loading: rank 0 reads the checkpoint; accelerate broadcasts its
+        # values into every rank's shards when the Trainer prepares the model, so the other ranks need
+        # only the structure: uninitialised CPU placeholders (what accelerate expects there) and real
+        # non-persistent buffers (rotary tables). transformers 5 no longer does this by itself: every
+        # rank would read and hold a whole copy.
+        from transformers.initialization import no_init_weights
+
+        with no_init_weights():
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation,
+                                                     trust_remote_code=False)
+        model.tie_weights()  # init_weights, which ties them, was skipped
+        return _prepare_loaded_model(model, multimodal, quantization, gradient_checkpointing)
+    model = AutoModelForCausalLM.from_pretrained(
+        path,
+        dtype=dtype,
+        device_map=None if device is None else {"": device},
+        quantization_config=_quantization_config(quantization, dtype, multimodal),
+        attn_implementation=attn_implementation,  # recommended for Gemma 3 training
+        use_safetensors=None if allow_pickle_weights else True,
+        trust_remote_code=False,
+    )
+    return _prepare_loaded_model(model, multimodal, quantization, gradient_checkpointing)
+
+
+
+def _prepare_loaded_model(model, multimodal: bool, quantization: str, gradient_checkpointing: bool):
+    """Frozen vision tower, k-bit preparation and gradient checkpointing of a freshly loaded base."""
+    if multimodal:
+        for name, param in model.named_parameters():
+            if "vision_tower" in name or "multi_modal_projector" in name:
+                param.requires_grad_(False)
+    if quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if gradient_checkpointing:
+        model.config.use_cache = False
+    return model
+
+
+
+def adapter_base_model(adapter_dir: str | Path, fallback: str | None = None) -> str:
+    config = read_json(Path(adapter_dir, "adapter_config.json"))  # DataError path:line on a broken file
+    base = (config.get("base_model_name_or_path") if isinstance(config, dict) else None) or fallback
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{adapter_dir}/adapter_config.json names no base model "
+                          "(expected a JSON object with a string 'base_model_name_or_path')")
+    return base
+
+
+
+ADAPTER_CHAIN_FILE = "adapter_chain.json"
+
+
+
+def resolve_adapter_chain(adapter_dir: str | Path) -> list[str]:
+    """The adapters that make up ``adapter_dir`` in the order they apply: its parents, then itself.
+
+    ``adapter_chain.json`` beside ``adapter_config.json`` lists the parents, ``{"parents": [dir, ...]}``
+    with absolute paths (add_lora_adapter.py writes it already flattened). A parent with a chain of
+    its own is expanded as well and every adapter appears once. Without the file: the adapter alone.
+    """
+    return _adapter_chain(Path(adapter_dir), frozenset())
+
+
+
+def _adapter_chain(adapter_dir: Path, visiting: frozenset) -> list[str]:
+    chain_file = adapter_dir / ADAPTER_CHAIN_FILE
+    if not chain_file.is_file():
+        return [str(adapter_dir)]
+    data = read_json(chain_file)
+    parents = data.get("parents") if isinstance(data, dict) else None
+    if not isinstance(parents, list) or not all(isinstance(p, str) and p.strip() for p in parents):
+        raise ConfigError(f'{chain_file}: expected {{"parents": ["<adapter dir>", ...]}}')
+    visiting = visiting | {adapter_dir.resolve()}
+    chain: list[str] = []
+    for parent in parents:
+        if Path(parent).resolve() in visiting:
+            raise ConfigError(f"{chain_file}: parent {parent} leads back to {adapter_dir} (a loop)")
+        if not is_adapter_dir(parent):
+            raise ConfigError(f"{chain_file}: parent {parent} is not an adapter dir (no adapter_config.json)")
+        for link in _adapter_chain(Path(parent), visiting):
+            if all(Path(link).resolve() != Path(known).resolve() for known in chain):
+                chain.append(link)
+    return [*chain, str(adapter_dir)]
+
+
+
+def write_adapter_chain(adapter_dir: str | Path, parents: Sequence[str]) -> None:
+    """``adapter_chain.json`` naming ``parents`` (absolute paths); nothing when there are none."""
+    if parents:
+        atomic_write_json(Path(adapter_dir) / ADAPTER_CHAIN_FILE,
+                          {"parents": [str(Path(p).resolve()) for p in parents]})
+
+
+
+def merge_adapters(model, adapters: Sequence[str], quantization: str = "none", allow_pickle_weights: bool = False):
+    """Merge each adapter into the weights, in order (``PeftModel.from_pretrained(...).merge_and_unload()``)."""
+    if not adapters:
+        return model
+    from peft import PeftModel
+
+    if quantization != "none":
+        logger.warning("merging %d adapter(s) into %s weights: the merged weights are rounded to that precision "
+                       "(evaluation merges in full precision)", len(adapters), quantization)
+    for adapter in adapters:
+        logger.info("merging adapter %s into the base weights", adapter)
+        check_adapter_weights(adapter, allow_pickle_weights)
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False).merge_and_unload()
+    return model
 
 
 @dataclass
@@ -65,7 +303,7 @@ def load_model_for_eval(model: str, adapters: Sequence[str | Path] = (), device:
     Merging needs full-precision weights, so a chain of two or more is refused on a quantized base.
     An adapter dir with an ``adapter_chain.json`` (add_lora_adapter.py --on, and the final/ of a
     run trained on one) stands for its whole chain: its parents come first, each adapter once
-    (``training_utils.resolve_adapter_chain``), and the base is the one the first adapter names.
+    (``resolve_adapter_chain``), and the base is the one the first adapter names.
     The tokenizer is the last adapter's when it saved one (a vocabulary extension travels with the
     adapter), else the base model's. Only safetensors weights load unless ``allow_pickle_weights``.
     """

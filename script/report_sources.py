@@ -40,7 +40,7 @@ from script import formats
 from script.controls import binomial_tail_at_least
 from script.data_io import DataError, read_json
 from script.report_comparison import compare, describe, load_report
-from script.training_config import MODEL_CONFIGS
+from script.training_config import MODEL_CONFIGS, STAGE_00, STAGE_01, STAGE_02
 
 NOT_RUN = "not run"
 UNREADABLE = "unreadable"
@@ -54,9 +54,9 @@ WEAK_DIVISION_ACCURACY = 0.80  # the guide's "weak division" rule: accuracy belo
 # (stage dir, what it is, command that produces it). The pipeline's stages first, in its order.
 PIPELINE_STAGES = (
     ("extended_tokenizer", "tokenizer extension (embedding-only phase)", "make extend-tokenizer MODEL={model}"),
-    ("00_trained", "train_00: plain text", "make pipeline MODEL={model}"),
-    ("01_trained", "train_01: medical dictionary with a plain-text monitor", "make pipeline MODEL={model}"),
-    ("02_trained", "train_02: KorMedMCQA with reasoning", "make pipeline MODEL={model}"),
+    (STAGE_00, "train_00: plain text", "make pipeline MODEL={model}"),
+    (STAGE_01, "train_01: medical dictionary with a plain-text monitor", "make pipeline MODEL={model}"),
+    (STAGE_02, "train_02: KorMedMCQA with reasoning", "make pipeline MODEL={model}"),
     ("01_02_loop", "train_01 <-> train_02 loop", "python -m script.train.train_01_02_loop --model {model}"),
 )
 TYPE_STAGES = tuple((t, f"type {i}: {t}", f"python -m script.train.train_{t} --model {{model}}")
@@ -88,7 +88,7 @@ class Sources:
         return self.logs_dir / f"{dataset}_{self.model}_{role}.json"
 
     def final_adapter(self) -> Path:
-        return self.stage_dir("02_trained") / "final"
+        return self.stage_dir(STAGE_02) / "final"
 
 
 # ---------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def gather_training(src: Sources) -> dict:
     section["stages"] = stages
     found = sum(s["status"] == OK for s in stages)
     # The pipeline's three training stages are what "everything ran" means; the rest are options.
-    core = sum(s["status"] == OK for s in stages if s["stage"] in ("00_trained", "01_trained", "02_trained"))
+    core = sum(s["status"] == OK for s in stages if s["stage"] in (STAGE_00, STAGE_01, STAGE_02))
     settle(section, found, 1)
     if section["status"] == OK and core < 3:
         section["status"] = PARTIAL

@@ -4,7 +4,7 @@ A *round* is N optimizer steps on one refined type. The three multi-round traine
 in which type they train next and when they stop (their *policy*); everything else lives here:
 
 * ``RoundTrainer``   one LoRA model trained round after round. Each round is an ordinary TRL
-  SFTTrainer (prompt/completion data from ``training_utils.to_sft_dataset``, completion-only loss,
+  SFTTrainer (prompt/completion data from ``training_data.to_sft_dataset``, completion-only loss,
   the SFTConfig of ``training_utils.build_sft_config``), but the torch optimizer and LR scheduler
   are created once for the run and handed to every round, so Adam moments and the warmup/cosine
   schedule continue instead of restarting. Each type is read through a seeded permutation with a
@@ -58,9 +58,7 @@ from script.data_io import (
     sha256_file,
 )
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR
-from script.training_utils import (
-    ConfigError,
-    RunConfig,
+from script.launch import (
     all_gather_objects,
     barrier,
     broadcast_from_main,
@@ -69,6 +67,8 @@ from script.training_utils import (
     process_rank,
     world_size,
 )
+from script.training_config import ConfigError
+from script.training_utils import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def run_cli(main: Callable[[list[str] | None], Any]) -> None:
 def load_type_records(data_dir: Path, types: Sequence[str], max_samples: int | None, seed: int
                       ) -> dict[str, list[dict]]:
     """``<data_dir>/<type>/train.jsonl`` of each type, in ``types`` order; missing types are skipped."""
-    from script.training_utils import load_split_records
+    from script.training_data import load_split_records
 
     records: dict[str, list[dict]] = {}
     for type_name in types:
@@ -518,7 +518,8 @@ class RoundTrainer:
         n_steps = min(n_steps, self.steps_left)
         if n_steps <= 0:
             return None
-        from script.training_utils import build_trainer, to_sft_dataset
+        from script.training_data import to_sft_dataset
+        from script.training_utils import build_trainer
 
         start = self.global_step
         records = self.take(type_name, n_steps * self.records_per_step)
@@ -612,7 +613,7 @@ class RoundTrainer:
         Every rank calls it; rank 0 writes (``self.model`` is the plain PEFT model, never the DDP
         wrapper of a round) and the others wait until the directory is there.
         """
-        from script.training_utils import write_adapter_chain
+        from script.model_loading import write_adapter_chain
 
         def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
@@ -780,7 +781,8 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
 
     The LR is constant after a short warmup, so gains of early and late rounds are measured alike.
     """
-    from script.training_utils import init_distributed, start_run
+    from script.launch import init_distributed
+    from script.training_utils import start_run
 
     check_launch()
     run = start_run(args, stage=stage, script=script)
@@ -828,7 +830,9 @@ def steering_summary(steering: dict, board: Scoreboard) -> dict:
 def training_info(run: RunConfig, engine: RoundTrainer, board: Scoreboard, steering: dict, outcome: dict,
                   extra: dict) -> dict:
     """training_info.json + README.md in the output dir, in the layout of the type trainers."""
-    from script.training_utils import describe_data_file, peak_memory_bytes, write_training_info
+    from script.hardware import peak_memory_bytes
+    from script.training_data import describe_data_file
+    from script.training_utils import write_training_info
 
     metrics = {"steer_accuracy_initial": board.initial, "steer_accuracy_best": board.best["accuracy"],
                "steer_accuracy_last": board.last, "best_step": board.best["step"], "global_step": engine.global_step,

@@ -141,7 +141,7 @@ def smoke(args: argparse.Namespace) -> dict:
     from script.evaluation import PROMPT_TRAIN02, score_mcq_cloze_mode, score_mcq_letter_mode
     from script.model_loading import load_model_for_eval
     from script.train import train_02_kor_med_test
-    from script.training_utils import resolve_device
+    from script.hardware import resolve_device
 
     device = resolve_device(args.device)
     work = args.work_dir
@@ -182,7 +182,7 @@ def smoke(args: argparse.Namespace) -> dict:
     run_step(steps, "letter_after_reasoning", device,
              lambda: accuracy(score_mcq_letter_mode, style=PROMPT_TRAIN02, max_new_tokens=16))
     run_step(steps, "cloze", device, lambda: accuracy(score_mcq_cloze_mode))
-    del loaded
+    loaded = None  # free the eval model before the merge loads its own copy
     rc = run_step(steps, "merge", device, lambda: {"rc": merge_and_export.main([
         "--model", str(final), "--output", str(merged_dir), "--device", device, "--force"])})
     merge_info = json.loads((merged_dir / "merge_info.json").read_text(encoding="utf-8")) if rc["rc"] == 0 else {}

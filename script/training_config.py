@@ -89,7 +89,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MemoryConfig:
-    """How a model is fitted into memory. ``quantization`` applies on CUDA only (see training_utils)."""
+    """How a model is fitted into memory. ``quantization`` applies on CUDA only (see hardware.resolve_quantization)."""
 
     use_gradient_checkpointing: bool
     train_embeddings: bool  # put embed_tokens/lm_head in modules_to_save for embedding-training stages
@@ -194,6 +194,14 @@ def get_model_config(name: str) -> ModelConfig:
 def get_memory_config(name: str) -> MemoryConfig:
     get_model_config(name)  # same error for unknown names
     return MEMORY_CONFIGS[name]
+
+
+# The stage directories under model/ (model/<stage>/<MODEL>), named once: the trainers, the adapter
+# step, the report and merge read them from here.
+STAGE_00 = "00_trained"
+STAGE_01 = "01_trained"
+STAGE_01_ADAPTER = "01_another_lora_added"
+STAGE_02 = "02_trained"
 
 
 def stage_output_dir(stage: str, model_name: str) -> Path:

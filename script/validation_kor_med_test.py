@@ -96,7 +96,7 @@ from script.evaluation import (
     select_eval_subset,
 )
 from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
-from script.training_utils import add_pickle_weights_flag
+from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger("validation_kor_med_test")
 
@@ -411,7 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from script.model_loading import load_model_for_eval
     from script.training_config import UnknownModelError
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     started = time.perf_counter()
     try:

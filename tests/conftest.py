@@ -32,6 +32,6 @@ def tiny_models() -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_models):
-    from script.training_utils import load_tokenizer
+    from script.model_loading import load_tokenizer
 
     return load_tokenizer(str(tiny_models["tiny"]))

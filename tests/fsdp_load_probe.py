@@ -6,13 +6,8 @@ import sys
 from pathlib import Path
 
 from script.data_io import atomic_write_json
-from script.training_utils import (
-    all_gather_objects,
-    build_arg_parser,
-    is_main_process,
-    load_model_and_tokenizer,
-    start_run,
-)
+from script.launch import all_gather_objects, is_main_process
+from script.training_utils import build_arg_parser, load_model_and_tokenizer, start_run
 
 
 def main(out: Path) -> None:

@@ -19,7 +19,7 @@ import pytest
 from script import cli, data_io
 from script.data_io import DataError
 from script.training_config import UnknownModelError
-from script.training_utils import ConfigError
+from script.training_config import ConfigError
 from tests.conftest import REPO_ROOT
 
 SCRIPT_DIRS = ("script", "script/train", "refine_scripts", "phase5_subject_training/scripts")

@@ -18,7 +18,8 @@ from script import round_training
 from script.data_io import atomic_write_jsonl
 from script.round_training import check_launch, sync_ranks
 from script.train.train_loop_until_90 import LoopPolicy
-from script.training_utils import FAULT_KILL_ENV, ConfigError
+from script.training_config import ConfigError
+from script.training_utils import FAULT_KILL_ENV
 from tests.sample_records import write_type1_data
 from tests.test_round_training import T1, T3, mcq_question, set_item, type1_record, type3_record
 

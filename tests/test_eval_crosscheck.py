@@ -81,7 +81,7 @@ def test_task_yamls_point_at_the_data_and_the_stock_template(tmp_path, monkeypat
 
 
 def test_harness_loads_the_same_weights_or_refuses_what_it_cannot_load(tmp_path):
-    from script.training_utils import ConfigError
+    from script.training_config import ConfigError
 
     info = {"base_model": "/m/base", "dtype": "float32", "device": "cpu", "adapters": [], "tokenizer": "/m/base"}
     assert cc.harness_model_args(info) == {"pretrained": "/m/base", "dtype": "float32", "device": "cpu"}
@@ -235,7 +235,7 @@ def test_real_harness_scores_an_adapter_chain_in_memory(tiny_models, sample_item
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from script.training_utils import ADAPTER_CHAIN_FILE, load_base_model
+    from script.model_loading import ADAPTER_CHAIN_FILE, load_base_model
 
     parent, child = tmp_path / "parent", tmp_path / "child"
     for seed, path in ((1, parent), (2, child)):

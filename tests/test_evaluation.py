@@ -607,7 +607,7 @@ def test_cli_errors_are_messages_not_tracebacks(tmp_path, capsys):
 def test_adapter_dir_as_model_and_adapter_chain(tiny_models, tmp_path, sample_items):
     from peft import LoraConfig, get_peft_model
 
-    from script.training_utils import load_base_model
+    from script.model_loading import load_base_model
 
     dirs = []
     for seed in (1, 2):

@@ -14,7 +14,7 @@ from script import extend_tokenizer as et
 from script import formats, make_tiny_model
 from script.data_io import atomic_write_jsonl
 from script.training_config import LORA_TARGET_MODULES, SAMPLE_DATA_DIR
-from script.training_utils import load_base_model, load_tokenizer
+from script.model_loading import load_base_model, load_tokenizer
 from tests.sample_records import asan_type1_records
 
 KORMEDMCQA_SAMPLE = sorted((SAMPLE_DATA_DIR / "sean0042" / "KorMedMCQA").rglob("dev.jsonl"))
@@ -142,14 +142,8 @@ def test_first_step_loss_is_not_worse_than_before(extended, tiny_models, old_tok
 
 def test_embedding_phase_trains_only_the_embeddings_then_lora_trains_on_the_result(
         extended, tiny_models, corpus, tmp_path):
-    from script.training_utils import (
-        attach_lora,
-        build_arg_parser,
-        build_trainer,
-        load_model_and_tokenizer,
-        start_run,
-        to_sft_dataset,
-    )
+    from script.training_data import to_sft_dataset
+    from script.training_utils import attach_lora, build_arg_parser, build_trainer, load_model_and_tokenizer, start_run
 
     out = tmp_path / "phase"
     report = run_extension(corpus, out, "--train-embeddings-steps", "3", "--batch-size", "4", "--max-length", "64")

@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from script import bench_train
+from script.training_data import to_sft_dataset
 from script.training_utils import (
     add_compact_lm_head,
     attach_lora,
     batch_token_counts,
     build_trainer,
     load_model_and_tokenizer,
-    to_sft_dataset,
 )
 from tests.sample_records import asan_type1_records, tiny_run
 

@@ -13,16 +13,16 @@ from script import formats
 from tests.sample_records import asan_type1_records, tiny_run
 from script.data_io import atomic_write_jsonl
 from script.training_config import LORA_TARGET_MODULES, ConfigError
+from script.model_loading import load_base_model
+from script.training_data import to_sft_dataset
 from script.training_utils import (
     attach_lora,
     build_trainer,
     create_lora_config,
     load_adapter,
-    load_base_model,
     load_model_and_tokenizer,
     lora_target_modules,
     save_final,
-    to_sft_dataset,
     trainable_parameters,
 )
 

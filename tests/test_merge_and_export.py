@@ -14,7 +14,8 @@ from transformers import AutoModelForCausalLM
 
 from script import merge_and_export
 from script.model_loading import load_model_for_eval
-from script.training_utils import create_lora_config, load_base_model, load_tokenizer, lora_target_modules, write_adapter_chain
+from script.model_loading import load_base_model, load_tokenizer, write_adapter_chain
+from script.training_utils import create_lora_config, lora_target_modules
 
 
 def random_adapter(base_dir, out_dir, seed, include_embeddings=False):

@@ -17,16 +17,15 @@ from types import SimpleNamespace
 import pytest
 
 from script import training_utils
-from script.training_utils import (
-    ConfigError,
+from script.launch import (
     check_launch_environment,
-    check_trainer_launch,
     fsdp_rank_holds_no_weights,
     launch_kind,
-    model_load_plan,
     sharded_launch_settings,
     shards_weights,
 )
+from script.training_config import ConfigError
+from script.training_utils import check_trainer_launch, model_load_plan
 from tests.test_distributed import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -20,19 +20,20 @@ from script.data_io import atomic_write_jsonl, iter_jsonl
 from script.evaluation import extract_answer, train02_format_checks, train02_score
 from script.model_loading import load_model_for_eval
 from script.training_config import KORMEDMCQA_TEST_DIR, SAMPLE_DATA_DIR, TINY_MODEL_DIR
-from script.training_utils import (
-    ADAPTER_CHAIN_FILE,
-    build_arg_parser,
-    build_trainer,
+from script.model_loading import ADAPTER_CHAIN_FILE, resolve_adapter_chain
+from script.training_data import (
     load_dictionary_records,
-    load_model_and_tokenizer,
     plain_text_files,
     plain_text_heldout,
-    resolve_adapter_chain,
-    save_final,
-    start_run,
     to_sft_dataset,
     train02_records,
+)
+from script.training_utils import (
+    build_arg_parser,
+    build_trainer,
+    load_model_and_tokenizer,
+    save_final,
+    start_run,
     write_training_info,
 )
 
@@ -350,7 +351,7 @@ def test_chain_reload_gives_the_trained_model(train00, data, tmp_path):
     assert run.adapter_parents == [str((train00["out"] / "final").resolve())]
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-    from script.training_utils import load_mcq_items
+    from script.training_data import load_mcq_items
 
     records = train02_records(load_mcq_items(data["mcq"])[:8], seed=42)
     trainer = build_trainer(run, model, tokenizer, to_sft_dataset(records), save_strategy="no")

@@ -31,7 +31,8 @@ from phase5_subject_training.divisions import (
 from script import formats
 from script.data_io import DataError
 from script.training_config import CLEAN_DIR
-from script.training_utils import ConfigError, setup_logging
+from script.training_config import ConfigError
+from script.training_utils import setup_logging
 
 SPLITS = ("train", "validation")
 

@@ -55,16 +55,14 @@ from phase5_subject_training.divisions import (
 )
 from script.data_io import atomic_write_json
 from script.training_config import MODEL_CONFIGS
+from script.training_data import describe_data_file, load_split_records, to_sft_dataset
 from script.training_utils import (
     attach_lora,
     build_arg_parser,
     build_trainer,
-    describe_data_file,
     load_model_and_tokenizer,
-    load_split_records,
     start_run,
     steering_eval_callbacks,
-    to_sft_dataset,
     train_and_save,
     update_training_info,
 )

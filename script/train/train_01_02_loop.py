@@ -28,14 +28,8 @@ from pathlib import Path
 from script.data_io import atomic_write_json, read_json
 from script.train import train_01_medical_dict, train_02_kor_med_test
 from script.training_config import LOG_DIR
-from script.training_utils import (
-    ConfigError,
-    add_steering_args,
-    build_arg_parser,
-    setup_logging,
-    start_run,
-    write_training_info,
-)
+from script.training_config import ConfigError
+from script.training_utils import add_steering_args, build_arg_parser, setup_logging, start_run, write_training_info
 
 logger = logging.getLogger("train_01_02_loop")
 

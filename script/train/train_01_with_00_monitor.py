@@ -16,14 +16,13 @@ Output: model/01_trained/<MODEL>/{checkpoint-N/, final/, training_info.json, REA
 
 from __future__ import annotations
 
-from script.training_utils import train_dictionary
+from script.cli import run_main
+from script.train import train_01_medical_dict
 
 
 def main(argv: list[str] | None = None) -> dict:
-    return train_dictionary(__doc__, argv, script="train_01_with_00_monitor", monitor=True)
+    return train_01_medical_dict.main(argv, monitor=True, script="train_01_with_00_monitor", description=__doc__)
 
 
 if __name__ == "__main__":
-    from script.cli import run_main
-
     run_main(main)

@@ -61,14 +61,8 @@ from script.round_training import (
     training_info,
     worker_result,
 )
-from script.training_utils import (
-    build_arg_parser,
-    global_batch,
-    init_distributed,
-    is_main_process,
-    start_run,
-    world_size,
-)
+from script.launch import global_batch, init_distributed, is_main_process, world_size
+from script.training_utils import build_arg_parser, start_run
 
 logger = logging.getLogger(__name__)
 

@@ -13,13 +13,7 @@ Output: model/type1_text/<MODEL>/{checkpoint-N/, final/, training_info.json, REA
 from __future__ import annotations
 
 from script import formats
-from script.evaluation import completion_perplexity
-from script.training_utils import train_refined_type
-
-
-def perplexity_metric(model, tokenizer, records, run) -> dict:
-    result = completion_perplexity(model, tokenizer, records, run.batch, run.max_length, progress=True)
-    return {"validation_perplexity": result["perplexity"], "validation_completion_tokens": result["completion_tokens"]}
+from script.train.refined_types import perplexity_metric, train_refined_type
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -13,8 +13,7 @@ Output: model/type2_text_reasoning/<MODEL>/{checkpoint-N/, final/, training_info
 from __future__ import annotations
 
 from script import formats
-from script.train.train_type1_text import perplexity_metric
-from script.training_utils import train_refined_type
+from script.train.refined_types import perplexity_metric, train_refined_type
 
 
 def main(argv: list[str] | None = None) -> dict:

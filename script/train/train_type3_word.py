@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from script import formats
 from script.evaluation import mcq_accuracy, score_mcq_letter_mode
-from script.training_utils import train_refined_type
+from script.train.refined_types import train_refined_type
 
 
 def accuracy_metric(model, tokenizer, records, run) -> dict:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from script import formats
 from script.evaluation import type4_evaluate
-from script.training_utils import train_refined_type
+from script.train.refined_types import train_refined_type
 
 
 def type4_metric(model, tokenizer, records, run) -> dict:

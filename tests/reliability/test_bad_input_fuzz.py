@@ -23,7 +23,7 @@ import pytest
 
 from script import data_io, formats
 from script.data_io import DataError
-from script.training_utils import ConfigError
+from script.training_config import ConfigError
 from tests.reliability import broken_inputs as bi
 
 SMALL_LINE_LIMIT = 4096  # data_io.MAX_LINE_BYTES during these tests: "huge line" cases stay small
@@ -116,7 +116,7 @@ LETTER_ANSWERS = ["F", "a", "", 3, -1, "AB", "A.", 1.0]
 # The readers
 # ---------------------------------------------------------------------------
 def read_trainer_split(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
-    from script.training_utils import load_split_records
+    from script.training_data import load_split_records
 
     records = load_split_records(path, rejects_dir=tmp / "rejects")
     rejects = tmp / "rejects" / f"rejects_{path.parent.name}_{path.stem}.jsonl"
@@ -187,7 +187,7 @@ def read_kmmlu_raw(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
 
 def read_mcq_items(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
     from script.training_config import LOG_DIR
-    from script.training_utils import load_mcq_items
+    from script.training_data import load_mcq_items
 
     rejects = LOG_DIR / f"rejects_{path.parent.name}_{path.stem}.jsonl"
     rejects.unlink(missing_ok=True)
@@ -225,7 +225,7 @@ def read_dictionary_raw(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
 
 
 def read_dictionary_json(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
-    from script.training_utils import load_dictionary_records
+    from script.training_data import load_dictionary_records
 
     rejects = tmp / "dict_rejects.jsonl"
     records, _ = load_dictionary_records([path], rejects)
@@ -277,7 +277,7 @@ MESSAGES_FIELDS = {("messages",): "list", ("messages", 1, "content"): "str", ("m
 USER_TEXT = ("messages", 1, "content")
 
 READERS = [
-    Reader("refined JSONL -> trainers (training_utils.load_split_records)",
+    Reader("refined JSONL -> trainers (training_data.load_split_records)",
            jsonl(type1_records, lambda r: r["id"], MESSAGES_FIELDS, id_field=("id",), text_field=USER_TEXT),
            read_trainer_split, at("refined", "type1_text", "train.jsonl")),
     Reader("refined JSONL -> verify_formats",
@@ -308,7 +308,7 @@ READERS = [
            jsonl(kmmlu_rows, lambda r: r["question"], {("question",): "cell", ("A",): "cell", ("answer",): "int"},
                  answers=(("answer",), [0, 5, -1, "E", "A", True, 2.5, [2]]), text_field=("question",)),
            read_kmmlu_raw, at("raw", "by_source", "kmmlu", "Health", "test.jsonl"), empty_ok=True),
-    Reader("02_kor_med_test items -> train_02 (training_utils.load_mcq_items)",
+    Reader("02_kor_med_test items -> train_02 (training_data.load_mcq_items)",
            jsonl(kor_med_test_items, lambda r: r["question"],
                  {("question",): "str", ("A",): "str", ("answer",): "str", ("cot",): "str"},
                  optional=(("cot",),), answers=(("answer",), LETTER_ANSWERS), id_field=("id",),
@@ -409,7 +409,7 @@ def make_adapter_dir(path: Path) -> Path:
 
 
 def read_adapter_chain(tmp: Path) -> tuple[Path, Callable[[], object], object]:
-    from script.training_utils import ADAPTER_CHAIN_FILE, resolve_adapter_chain
+    from script.model_loading import ADAPTER_CHAIN_FILE, resolve_adapter_chain
 
     parent = make_adapter_dir(tmp / "parent")
     child = make_adapter_dir(tmp / "child")
@@ -417,7 +417,7 @@ def read_adapter_chain(tmp: Path) -> tuple[Path, Callable[[], object], object]:
 
 
 def read_adapter_config(tmp: Path):
-    from script.training_utils import adapter_base_model
+    from script.model_loading import adapter_base_model
 
     adapter = make_adapter_dir(tmp / "adapter")
     return adapter / "adapter_config.json", lambda: adapter_base_model(adapter), "model/base"
@@ -462,10 +462,10 @@ def shipped_taxonomy() -> dict:
 
 
 CONFIGS = [
-    ("adapter_chain.json (training_utils.resolve_adapter_chain)", read_adapter_chain,
+    ("adapter_chain.json (model_loading.resolve_adapter_chain)", read_adapter_chain,
      lambda tmp: {"parents": [str((tmp / "parent").resolve())]},
      {("parents",): "list", ("parents", 0): "str"}, [("parents",)]),
-    ("adapter_config.json (training_utils.adapter_base_model)", read_adapter_config,
+    ("adapter_config.json (model_loading.adapter_base_model)", read_adapter_config,
      lambda tmp: {"base_model_name_or_path": "model/base", "peft_type": "LORA", "r": 8},
      {("base_model_name_or_path",): "str"}, [("base_model_name_or_path",)]),
     ("model config.json (check_gpu_memory.resolve_architecture)", read_model_config,
@@ -517,7 +517,7 @@ def test_config_file_handles_broken_input(index, number, tmp_path, record_proper
 # ---------------------------------------------------------------------------
 # The real 16 MB limit, once
 # ---------------------------------------------------------------------------
-@pytest.mark.fault("bad input", "huge line", "refined JSONL -> trainers (training_utils.load_split_records)")
+@pytest.mark.fault("bad input", "huge line", "refined JSONL -> trainers (training_data.load_split_records)")
 def test_a_line_over_the_real_limit_is_rejected_without_parsing(tmp_path, monkeypatch, record_property):
     monkeypatch.setattr(data_io, "MAX_LINE_BYTES", 16 * 1024 * 1024)
     good = type1_records()

@@ -20,7 +20,8 @@ import torch
 from safetensors.torch import load_file
 
 from script.data_io import DataError, safe_child_path
-from script.training_utils import PICKLE_WEIGHTS_FLAG, ConfigError, check_adapter_weights, ensure_model_available
+from script.model_loading import check_adapter_weights, ensure_model_available, PICKLE_WEIGHTS_FLAG
+from script.training_config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 MARK = pytest.mark.fault
@@ -53,7 +54,8 @@ def pickle_adapter(tiny_models, tmp_path_factory) -> Path:
     """A LoRA adapter of tiny saved as adapter_model.bin only."""
     from peft import get_peft_model
 
-    from script.training_utils import create_lora_config, load_base_model, lora_target_modules
+    from script.model_loading import load_base_model
+    from script.training_utils import create_lora_config, lora_target_modules
 
     base = load_base_model(str(tiny_models["tiny"]), "cpu", torch.float32)
     model = get_peft_model(base, create_lora_config(4, 8, target_modules=lora_target_modules(base)))
@@ -65,7 +67,7 @@ def pickle_adapter(tiny_models, tmp_path_factory) -> Path:
     return out
 
 
-@MARK("safe loading", "pickle-only model dir", "training_utils.ensure_model_available / load_model_for_eval")
+@MARK("safe loading", "pickle-only model dir", "model_loading.ensure_model_available / load_model_for_eval")
 def test_a_pickle_only_model_is_refused_with_the_flag_named(pickle_model, record_property):
     from script.model_loading import load_model_for_eval
 
@@ -100,7 +102,7 @@ def test_the_flag_loads_pickle_weights_as_plain_tensors(pickle_model, tiny_model
 
 @MARK("safe loading", "malicious pickle", "--allow-pickle-weights still unpickles weights_only")
 def test_a_malicious_pickle_runs_no_code_even_with_the_flag(tiny_models, tmp_path, record_property):
-    from script.training_utils import load_base_model
+    from script.model_loading import load_base_model
 
     model = tmp_path / "model"
     shutil.copytree(tiny_models["tiny"], model, ignore=shutil.ignore_patterns("*.safetensors"))
@@ -117,7 +119,7 @@ def test_a_malicious_pickle_runs_no_code_even_with_the_flag(tiny_models, tmp_pat
 @MARK("safe loading", "pickle-only adapter dir", "check_adapter_weights / load_model_for_eval / trainers")
 def test_a_pickle_only_adapter_is_refused_unless_allowed(pickle_adapter, tiny_models, record_property):
     from script.model_loading import load_model_for_eval
-    from script.training_utils import build_arg_parser, start_run
+    from script.training_utils import build_arg_parser, ensure_run_model, start_run
 
     with pytest.raises(ConfigError, match=PICKLE_WEIGHTS_FLAG):
         check_adapter_weights(pickle_adapter)
@@ -125,10 +127,10 @@ def test_a_pickle_only_adapter_is_refused_unless_allowed(pickle_adapter, tiny_mo
         load_model_for_eval(str(pickle_adapter), device="cpu")
     args = build_arg_parser(None).parse_args(["--model", "tiny", "--base-model", str(pickle_adapter)])
     with pytest.raises(ConfigError, match=PICKLE_WEIGHTS_FLAG):
-        ensure_model_available(start_run(args, stage="reliability", script="test"))
+        ensure_run_model(start_run(args, stage="reliability", script="test"))
     allowed = build_arg_parser(None).parse_args(["--model", "tiny", "--base-model", str(pickle_adapter),
                                                  PICKLE_WEIGHTS_FLAG])
-    assert ensure_model_available(start_run(allowed, stage="reliability", script="test")) == str(pickle_adapter)
+    assert ensure_run_model(start_run(allowed, stage="reliability", script="test")) == str(pickle_adapter)
     loaded = load_model_for_eval(str(pickle_adapter), device="cpu", allow_pickle_weights=True)
     lora = [t for n, t in loaded.model.named_parameters() if "lora_A" in n]
     assert lora and loaded.info["adapters"] == [str(pickle_adapter)]
