@@ -781,9 +781,9 @@ def add_annotator_arguments(parser) -> None:
     g.add_argument("--model-scorer", action="store_true",
                    help="add the model stage: a causal LM ranks division names by log-likelihood where the "
                         "lexical stage is not confident (default: lexical only)")
-    g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
+    g.add_argument("--model", default=DEFAULT_MODEL,
                    help="model of the model stage: registry name (tiny, medgemma-4b, ...), model dir or hub id "
-                        "(default: $MODEL or %(default)s)")
+                        "(default: %(default)s)")
     g.add_argument("--device", default="auto", help="device of the model stage: cpu, cuda, cuda:N, auto (default: auto)")
     g.add_argument("--batch-size", type=int, default=16, help="samples per model-stage batch (default: %(default)s)")
     g.add_argument("--max-text-tokens", type=int, default=256,

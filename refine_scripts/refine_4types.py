@@ -46,6 +46,7 @@ from typing import IO, Any
 from tqdm import tqdm
 
 from script import kormedmcqa
+from script.cli import setup_logging
 from script.data_io import Reject, atomic_open, atomic_write_json, count_lines, iter_jsonl, write_rejects
 from script.formats import (
     OPTION_LETTERS,
@@ -537,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.short_answer_max_chars <= 0:
         raise SystemExit("--short-answer-max-chars must be positive")
     if not 0 <= args.validation_percent <= 100:

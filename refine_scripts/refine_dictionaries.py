@@ -38,6 +38,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from script.cli import setup_logging
 from script.data_io import Reject, atomic_write_json, iter_jsonl, require_fields, write_rejects
 from script.sources import get_source, raw_path
 from script.training_config import RAW_DIR, REFINED_DIR
@@ -180,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     results = refine_all(args.input, args.output, args.max_reject_percent)
     if not any(result.files for result in results.values()):
         missing = [path for result in results.values() for path in result.missing]

@@ -39,9 +39,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from script import kormedmcqa
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_jsonl, sha256_file
 from script.formats import OPTION_LETTERS
-from script import kormedmcqa
 from script.kormedmcqa import (
     CONFIGS,
     GUIDE604,
@@ -185,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if not 0 < args.steer_fraction < 1:
         parser.error("--steer-fraction must be between 0 and 1")
     try:

@@ -55,6 +55,7 @@ from typing import IO
 from tqdm import tqdm
 
 from refine_scripts.refine_4types import record_id
+from script.cli import setup_logging
 from script.data_io import Reject, atomic_open, atomic_write_dir, atomic_write_json, count_lines, iter_jsonl
 from script.sources import FEED_PLAIN_TEXT, Source, get_field, raw_path, sources_feeding
 from script.training_config import RAW_DIR, REFINED_DIR
@@ -362,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if not 0 <= args.min_hangul_ratio <= 1:
         parser.error("--min-hangul-ratio must be between 0 and 1")
     if args.min_chars < 0 or args.shard_size <= 0:

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import re
 import sys
@@ -44,6 +43,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from script import formats
+from script.cli import setup_logging
 from script.training_config import CLEAN_DIR, DEFAULT_MODEL
 
 logger = logging.getLogger("bench_divisions")
@@ -58,8 +58,8 @@ GOALS = {"unknown_share_max": 0.05, "primary_accuracy_min": 0.85, "speedup_min":
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=CLEAN_DIR, help="refined data (default: %(default)s)")
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="model of the model stage and the baseline (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="model of the model stage and the baseline (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     parser.add_argument("--subset", type=int, default=200,
                         help="records for the model stage and the baseline (seeded; default %(default)s)")
@@ -229,7 +229,7 @@ def load_records(data_dir: Path) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     import torch
 

@@ -35,11 +35,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import sys
 import time
 from collections.abc import Sequence
 
+from script.cli import setup_logging
 from script.training_config import DEFAULT_MODEL
 
 logger = logging.getLogger("bench_eval")
@@ -47,8 +46,8 @@ logger = logging.getLogger("bench_eval")
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name, model dir or adapter dir (default: %(default)s)")
     parser.add_argument("--n", type=int, default=604, help="questions (seeded subset; default %(default)s)")
     parser.add_argument("--batch-size", type=int, default=16, help="letter-mode batch (default %(default)s)")
     parser.add_argument("--max-new-tokens", type=int, default=8, help="naive generation budget (default %(default)s)")
@@ -97,8 +96,7 @@ def summarise(predictions: list[dict], seconds: float) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     import torch
 

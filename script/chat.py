@@ -22,13 +22,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
 from script import formats
-from script.training_config import DEFAULT_MODEL
+from script.cli import setup_logging
 from script.model_loading import add_pickle_weights_flag
+from script.training_config import DEFAULT_MODEL
 
 logger = logging.getLogger("chat")
 
@@ -87,8 +87,8 @@ def show(result: dict, reasoning_mode: bool, streamed: bool) -> None:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("question", nargs="?", default=None, help="ask once and exit ('-' reads it from stdin)")
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name, model dir or adapter dir (default: %(default)s)")
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR", help="adapter(s) to apply, in order")
     parser.add_argument("--reasoning", action="store_true", help="type-2 system prompt: reason in <R>…<R/> first")
     parser.add_argument("--system", default=None, help="a system prompt of your own instead")
@@ -104,7 +104,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    setup_logging(level=logging.WARNING)
     args = parse_args(argv)
     from script.model_loading import load_model_for_eval
     from script.training_config import ConfigError

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -335,8 +334,8 @@ def verdicts(estimate: MemoryEstimate, devices: list[dict], base_model: str | No
 # ---------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help=f"registry name or 'all' ({', '.join(MODEL_CONFIGS)}; default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help=f"registry name or 'all' ({', '.join(MODEL_CONFIGS)}; default: %(default)s)")
     parser.add_argument("--base-model", default=None,
                         help="read the architecture from this model dir instead (e.g. model/extended_tokenizer/<MODEL>)")
     parser.add_argument("--batch-size", type=int, default=None, help="per-device micro-batch (default: registry)")

@@ -28,6 +28,7 @@ traceback for the cases above as well.
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import re
 import shutil
@@ -64,6 +65,24 @@ _TORCH_WRITE_FAILED = ("PytorchStreamWriter failed", "iostream error", "unexpect
 _WRITER_FRAMES = (("torch/serialization.py", "save", "f"), ("safetensors/torch.py", "save_file", "filename"),
                   ("transformers/tokenization_utils_tokenizers.py", "_save_pretrained", "tokenizer_file"))
 _NEARLY_FULL_BYTES = 1 << 20
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
+    """Every script's logging: timestamped lines to stderr and, optionally, to ``log_file``.
+
+    Under a multi-process launch only the main process (RANK 0) logs at ``level`` and writes the
+    file; the other ranks log warnings and errors only.
+    """
+    rank = int(os.environ.get("RANK", "0"))
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None and rank == 0:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    logging.basicConfig(level=level if rank == 0 else logging.WARNING, format=LOG_FORMAT, handlers=handlers,
+                        force=True)
 
 
 def run_main(main: Callable[[], Any]) -> NoReturn:

@@ -25,8 +25,8 @@ hub cannot be reached.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import datetime as dt
+import hashlib
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +37,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from script.cli import setup_logging
 from script.data_io import (
     DataError,
     atomic_write_json,
@@ -373,7 +374,7 @@ def check_local_files(local_dir: Path, sources: Sequence[Source]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     settings = settings_from_args(args)
     selected = [get_source(name) for name in args.only] if args.only else list(SOURCES)
     if args.check_local:

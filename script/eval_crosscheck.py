@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,7 @@ from typing import Any
 import yaml
 
 from script import formats
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -59,8 +59,8 @@ from script.evaluation import (
     item_letters,
     mcq_prompt_messages,
 )
-from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT
 from script.model_loading import add_pickle_weights_flag
+from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT
 
 logger = logging.getLogger("eval_crosscheck")
 
@@ -76,8 +76,8 @@ INSTALL_HINT = ("install it with `make eval-crosscheck` or `pip install -e '.[cr
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name, model dir or adapter dir (default: %(default)s)")
     parser.add_argument("--set", default="guide604",
                         help="evaluation set name (guide604, test, steer, all) or a JSONL of items (default %(default)s)")
     parser.add_argument("--n", type=int, default=None, help="seeded subset of the set (default: all items)")
@@ -341,8 +341,7 @@ def _agreement(rows: Sequence[Mapping[str, Any]]) -> dict:
 # main
 # ---------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     from script.training_config import ConfigError
 

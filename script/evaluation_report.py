@@ -57,17 +57,14 @@ import argparse
 import datetime as dt
 import json
 import math
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from script import controls
+from script import controls, report_sources
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text
-from script import report_sources
 from script.report_comparison import _ci, _p, _pct, compare, load_report, markdown
 from script.report_sources import WEAK_DIVISION_ACCURACY, Sources
-
 
 # ===========================================================================
 # Report mode: one model's evaluation report (markdown + JSON + charts)
@@ -514,7 +511,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     which.add_argument("--compare", nargs="+", type=Path, metavar="REPORT",
                        help="evaluation report JSONs; the first is the reference (e.g. the base model)")
     which.add_argument("--model", default=None,
-                       help="report mode: the model whose results to gather (default: $MODEL or "
+                       help="report mode: the model whose results to gather (default: "
                             f"{DEFAULT_MODEL}); the name in model/<stage>/<name>/ and logs/*_<name>_*.json")
     parser.add_argument("--names", nargs="+", default=None, help="--compare: a column name per report (default: file stems)")
     parser.add_argument("--output", type=Path, default=None,
@@ -545,7 +542,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         return args
     if args.names:
         parser.error("--names goes with --compare")
-    args.model = args.model or os.environ.get("MODEL") or DEFAULT_MODEL
+    args.model = args.model or DEFAULT_MODEL
     return args
 
 

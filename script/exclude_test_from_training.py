@@ -58,6 +58,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from script.cli import setup_logging
 from script.data_io import (
     DataError,
     Reject,
@@ -440,7 +441,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     if args.bench is not None:
         print(json.dumps(run_bench(args.bench), ensure_ascii=False, indent=2))

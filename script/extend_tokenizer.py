@@ -69,6 +69,7 @@ from tqdm.auto import tqdm
 
 from script import formats
 from script.data_io import DataError, Reject, atomic_write_dir, iter_jsonl, write_rejects
+from script.model_loading import add_pickle_weights_flag
 from script.training_config import (
     CLEAN_DIR,
     DEFAULT_MODEL,
@@ -80,7 +81,6 @@ from script.training_config import (
     get_model_config,
     stage_output_dir,
 )
-from script.model_loading import add_pickle_weights_flag
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("model and data")
     add_pickle_weights_flag(g)
-    g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: $MODEL or %(default)s)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: %(default)s)")
     g.add_argument("--base-model", default=None,
                    help="full model dir or hub id to extend instead of the registry path (not a LoRA adapter)")
     g.add_argument("--corpus", type=Path, nargs="+", default=list(DEFAULT_CORPUS),
@@ -843,10 +843,11 @@ def default_num_new_tokens(tokenizer_len: int) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
+    from script.cli import setup_logging
     from script.hardware import resolve_device, resolve_dtype
     from script.model_loading import ensure_model_available, is_adapter_dir, load_base_model, load_tokenizer
     from script.training_config import ConfigError
-    from script.training_utils import git_sha, library_versions, set_seed, setup_logging
+    from script.training_utils import git_sha, library_versions, set_seed
 
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     model_config = get_model_config(args.model)
@@ -993,8 +994,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from script.training_config import UnknownModelError
-    from script.training_config import ConfigError
+    from script.training_config import ConfigError, UnknownModelError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -32,8 +32,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, sha256_file, write_rejects
 from script import kormedmcqa
+from script.cli import setup_logging
+from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, sha256_file, write_rejects
 from script.kormedmcqa import (
     ALL_TEST_FILE,
     GUIDE604,
@@ -120,7 +121,7 @@ def print_summary(manifest: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     args = parse_args(argv)
     try:
         source = kormedmcqa.source_from_args(args)

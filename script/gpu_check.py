@@ -32,8 +32,16 @@ from pathlib import Path
 
 from script import bench_train, make_real_shape_model
 from script.check_gpu_memory import estimate_training_memory
+from script.cli import setup_logging
 from script.data_io import atomic_write_json
-from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, LOG_DIR, MODEL_DIR, SAMPLE_DATA_DIR, get_model_config
+from script.training_config import (
+    CLEAN_DIR,
+    KORMEDMCQA_TEST_DIR,
+    LOG_DIR,
+    MODEL_DIR,
+    SAMPLE_DATA_DIR,
+    get_model_config,
+)
 
 logger = logging.getLogger("gpu_check")
 
@@ -151,8 +159,7 @@ def gpu_check(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     report = gpu_check(args)  # bench_train and the CUDA check stop with SystemExit(message): exit 1
     atomic_write_json(args.output, report)

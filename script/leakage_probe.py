@@ -48,6 +48,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from script import controls
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_json, iter_jsonl
 from script.evaluation import EvalSet, item_letters, read_eval_set
 from script.formats import OPTION_LETTERS
@@ -268,8 +269,7 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     try:
         report = run(args)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from script import formats
 from script.check_gpu_memory import KNOWN_ARCHITECTURES
+from script.cli import setup_logging
 from script.data_io import atomic_write_dir
 from script.make_tiny_model import (
     SEED,
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vision-layers", type=int, default=1, help="SigLIP layers (the real model: 27)")
     parser.add_argument("--force", action="store_true", help="rebuild even if the dir holds this shape")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     print(json.dumps(build(args.output, args.layers, args.vision_layers, args.force)))
 
 

@@ -25,6 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from script import formats
+from script.cli import setup_logging
 from script.data_io import atomic_write_dir, iter_jsonl
 from script.training_config import SAMPLE_DATA_DIR, TINY_MM_MODEL_DIR, TINY_MODEL_DIR
 
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="full-parameter steps on the plain-text sample corpora; 0 = random weights "
                              "(default: %(default)s)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    setup_logging()
     build(args.output, args.output_mm, args.sample_dir, force=args.force, pretrain_steps=args.pretrain_steps)
 
 

@@ -55,14 +55,14 @@ import argparse
 import datetime as dt
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from script.cli import setup_logging
 from script.data_io import atomic_write_dir
-from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR
 from script.model_loading import add_pickle_weights_flag
+from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR
 
 logger = logging.getLogger("merge_and_export")
 
@@ -283,8 +283,8 @@ def merged_model_card(info: dict, output: Path, difference: float, tolerance: fl
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name, model dir or adapter dir (default: %(default)s)")
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
                         help="adapter to merge; repeat for a chain, applied in order")
     parser.add_argument("--output", type=Path, default=None, help="output dir (default: model/merged/<name>)")
@@ -306,8 +306,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     from peft import PeftModel
     from transformers import AutoModelForCausalLM

@@ -57,7 +57,6 @@ from script.data_io import (
     recover_dir,
     sha256_file,
 )
-from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR
 from script.launch import (
     all_gather_objects,
     barrier,
@@ -67,19 +66,16 @@ from script.launch import (
     process_rank,
     world_size,
 )
-from script.training_config import ConfigError
-from script.training_utils import RunConfig
+from script.steering import GUIDE604_STEERING_WARNING, add_steering_args, load_steering_set
+from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR, ConfigError
+from script.training_utils import RunConfig, trainer_callback_base
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR_NAME = "round_state"
 BEST_DIR_NAME = "best_checkpoint"
-STEER_CHOICES = ("steer", "guide604")
 REPORT_SET_CHOICES = ("guide604", "official")
 MCQ_SCORING_CHOICES = ("letter", "cloze")
-GUIDE604_STEERING_WARNING = (
-    "steered on the guide's 604 set (--steer-on guide604): the stop rule, best checkpoint and type "
-    "choices saw that test set, so its accuracy here is optimistic and is not a held-out result")
 PREVIEW_CHARS = 80
 TOP_FAILURES = 10
 
@@ -103,10 +99,7 @@ def add_round_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
                         "warning (default: %(default)s)")
     g.add_argument("--types", nargs="+", choices=formats.TRAINING_TYPES, default=list(formats.TRAINING_TYPES),
                    help="types to train, in this order (default: all four)")
-    g.add_argument("--steer-on", choices=STEER_CHOICES, default="steer",
-                   help="set the stop rule, best checkpoint and type choice are measured on: steer = held-out "
-                        "slice of KorMedMCQA train; guide604 = the guide's test set, as the guide does it "
-                        "(optimistic, flagged in every report) (default: %(default)s)")
+    add_steering_args(g)
     g.add_argument("--sets-dir", type=Path, default=KORMEDMCQA_TEST_DIR,
                    help="dir with steer.jsonl, guide604.jsonl, official_test.jsonl "
                         "(python -m script.extract_kormedmcqa_test) (default: %(default)s)")
@@ -133,13 +126,6 @@ def check_launch() -> None:
                           "launch with configs/accelerate/ddp.yaml (or torchrun), or a single process")
 
 
-def run_cli(main: Callable[[list[str] | None], Any]) -> None:
-    """Run a trainer's main() through ``script.cli.run_main``: one ``error:`` line and its exit status."""
-    from script.cli import run_main
-
-    run_main(lambda: main(None))
-
-
 # ---------------------------------------------------------------------------
 # Data and steering set
 # ---------------------------------------------------------------------------
@@ -159,24 +145,6 @@ def load_type_records(data_dir: Path, types: Sequence[str], max_samples: int | N
     if not records:
         raise ConfigError(f"{data_dir}: none of {', '.join(types)} has a train.jsonl; build the data first (make data)")
     return records
-
-
-def load_steering_items(steer_on: str, eval_samples: int, seed: int, sets_dir: Path) -> tuple[list[dict], dict]:
-    """Items the run steers on and a description of them for the reports."""
-    from script.evaluation import load_eval_items, resolve_set_path
-
-    if steer_on not in STEER_CHOICES:
-        raise ConfigError(f"--steer-on {steer_on!r}: expected one of {', '.join(STEER_CHOICES)}")
-    name, path = resolve_set_path(steer_on, sets_dir)
-    items = load_eval_items(path, eval_samples if eval_samples > 0 else None, seed)
-    if not items:
-        raise ConfigError(f"{path}: no usable question to steer on")
-    info = {"set": name, "path": str(path), "sha256": sha256_file(path), "items": len(items), "seed": seed}
-    if steer_on == "guide604":
-        info["warning"] = GUIDE604_STEERING_WARNING
-        logger.warning("%s", GUIDE604_STEERING_WARNING)
-    logger.info("steering on %d questions of %s", len(items), path)
-    return items, info
 
 
 def percent(fraction: float) -> float:
@@ -403,12 +371,6 @@ def ranking_note(ranking: Sequence[dict], floor: dict) -> str:
 # ---------------------------------------------------------------------------
 # The engine
 # ---------------------------------------------------------------------------
-def _transformers_callback_base():
-    from transformers import TrainerCallback
-
-    return TrainerCallback
-
-
 def _rng_state() -> dict:
     import numpy as np
     import torch
@@ -579,7 +541,7 @@ class RoundTrainer:
         """Per-step loss/LR to TensorBoard at run-wide step numbers (each round's trainer counts from 0)."""
         engine = self
 
-        class RunStepCallback(_transformers_callback_base()):
+        class RunStepCallback(trainer_callback_base()):
             def on_log(self, args, state, control, logs=None, **kwargs):
                 if not logs or not state.is_world_process_zero:
                     return
@@ -788,7 +750,7 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
     run = start_run(args, stage=stage, script=script)
     init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
-    items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
+    items, steering = load_steering_set(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
     steering["scoring"] = resolve_mcq_scoring(args, run)
     board = Scoreboard(args.target_accuracy, run.output_dir / BEST_DIR_NAME)
     policy = make_policy(list(type_records), board, run)

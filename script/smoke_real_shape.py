@@ -38,6 +38,7 @@ from pathlib import Path
 
 from script import formats, make_real_shape_model
 from script.check_gpu_memory import KNOWN_ARCHITECTURES
+from script.cli import setup_logging
 from script.data_io import atomic_write_json, atomic_write_jsonl
 from script.training_config import LOG_DIR, MODEL_DIR, SAMPLE_DATA_DIR
 
@@ -139,9 +140,9 @@ def smoke(args: argparse.Namespace) -> dict:
 
     from script import merge_and_export
     from script.evaluation import PROMPT_TRAIN02, score_mcq_cloze_mode, score_mcq_letter_mode
+    from script.hardware import resolve_device
     from script.model_loading import load_model_for_eval
     from script.train import train_02_kor_med_test
-    from script.hardware import resolve_device
 
     device = resolve_device(args.device)
     work = args.work_dir
@@ -215,8 +216,7 @@ def smoke(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     report = smoke(args)  # a bad setting is ConfigError: run_main prints it, exit 2
     atomic_write_json(args.output, report)

@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from script.cli import setup_logging
 from script.data_io import atomic_write_dir, atomic_write_json, atomic_write_text
-from script.evaluation import plain_text_perplexity
+from script.evaluation import make_mcq_eval_fn, plain_text_perplexity
 from script.hardware import (
     ATTN_IMPLEMENTATION_CHOICES,
     QUANTIZATION_CHOICES,
@@ -51,9 +52,10 @@ from script.launch import (
     shards_weights,
     world_size,
 )
+from script.model_card import write_run_cards
 from script.model_loading import (
-    add_pickle_weights_flag,
     adapter_base_model,
+    add_pickle_weights_flag,
     check_adapter_weights,
     ensure_model_available,
     is_adapter_dir,
@@ -64,7 +66,7 @@ from script.model_loading import (
     resolve_adapter_chain,
     write_adapter_chain,
 )
-from script.model_card import write_run_cards
+from script.steering import load_steering_set
 from script.training_config import (
     DEFAULT_MODEL,
     EMBEDDING_MODULES,
@@ -93,8 +95,8 @@ def build_arg_parser(description: str | None, epochs: int = 3) -> argparse.Argum
     """The guide's common options plus overrides of the registry defaults."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = parser.add_argument_group("common options")
-    g.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: $MODEL or %(default)s)")
+    g.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"registry name: {', '.join(MODEL_CONFIGS)} (default: %(default)s)")
     g.add_argument("--epochs", type=float, default=epochs, help="training epochs (default: %(default)s)")
     g.add_argument("--max-samples", type=int, default=None, help="use at most N training records (default: all)")
     g.add_argument("--base-model", default=None,
@@ -191,17 +193,6 @@ class RunConfig:
         out["memory_config"] = self.memory_config.to_dict()
         out["output_dir"] = str(self.output_dir)
         return out
-
-
-def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
-    """Timestamped logs to stderr and, optionally, a file. Only the main process logs at INFO."""
-    rank = int(os.environ.get("RANK", "0"))
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file is not None and rank == 0:
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=level if rank == 0 else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=handlers, force=True)
 
 
 def set_seed(seed: int) -> None:
@@ -436,7 +427,8 @@ def load_adapter(model, adapter_dir: str | Path, is_trainable: bool = True, allo
 # ---------------------------------------------------------------------------
 # Callbacks
 # ---------------------------------------------------------------------------
-def _transformers_callback_base():
+def trainer_callback_base():
+    """transformers.TrainerCallback, imported when a callback is built (keeps ``--help`` instant)."""
     from transformers import TrainerCallback
 
     return TrainerCallback
@@ -444,7 +436,7 @@ def _transformers_callback_base():
 
 def make_progress_callback(progress_file: Path, stage: str, model_name: str):
     """A callback that rewrites ``logs/progress_<MODEL>.txt``: stage, step, loss, last eval, ETA."""
-    base = _transformers_callback_base()
+    base = trainer_callback_base()
 
     class ProgressFileCallback(base):
         def __init__(self):
@@ -512,7 +504,7 @@ def fault_injection_callbacks() -> list:
     if not value:
         return []
     kill_at = int(value)
-    base = _transformers_callback_base()
+    base = trainer_callback_base()
 
     class KillAtStep(base):
         def on_step_end(self, args, state, control, **kwargs):
@@ -534,7 +526,7 @@ def make_periodic_eval_callback(eval_fn: EvalFn, every: int, history: list[dict]
     Results go to ``history`` (-> training_info.json ``validation_history``), to TensorBoard and
     to the progress file through ``trainer.log``. Set ``callback.trainer`` after building the trainer.
     """
-    base = _transformers_callback_base()
+    base = trainer_callback_base()
 
     class PeriodicEvalCallback(base):
         trainer = None
@@ -914,29 +906,17 @@ def steering_eval_callbacks(run: RunConfig, tokenizer, history: list[dict]) -> l
     """
     if run.show_samples_every <= 0 or run.eval_samples <= 0:
         return []
-    from script.evaluation import load_eval_items, make_mcq_eval_fn
-    from script.training_config import KORMEDMCQA_TEST_DIR
-
-    steer_file = KORMEDMCQA_TEST_DIR / "steer.jsonl"
-    if not steer_file.is_file():
-        logger.warning("no steering set at %s (python -m script.extract_kormedmcqa_test --set all): "
-                       "periodic KorMedMCQA evaluation is off for this run", steer_file)
+    items, _ = load_steering_set("steer", run.eval_samples, run.seed, required=False)
+    if not items:
         return []
-    items = load_eval_items(steer_file, n=run.eval_samples, seed=run.seed)
     logger.info("periodic eval: %d steering-set questions every %d steps", len(items), run.show_samples_every)
     return [make_periodic_eval_callback(make_mcq_eval_fn(tokenizer, items, run.batch), run.show_samples_every,
                                         history)]
 
 
-# ===========================================================================
-# The simplified pipeline's shared pieces (train_00/01/02, the 01-02 loop, add_lora_adapter.py)
-# ===========================================================================
-STEER_SET_CHOICES = ("steer", "guide604")
-
-
-# ---- adapter chains --------------------------------------------------------------------------
-
-
+# ---------------------------------------------------------------------------
+# Adapter chains (train_00/01/02, the 01-02 loop, add_lora_adapter.py)
+# ---------------------------------------------------------------------------
 def load_merged_chain(run: RunConfig, parents: Sequence[str], tokenizer_dirs: Sequence[str] = ()):
     """(model, tokenizer): the base model of a chain with ``parents`` merged into it, and the tokenizer
     of the last of ``parents`` + ``tokenizer_dirs`` that saved one (a vocabulary extension travels
@@ -960,7 +940,7 @@ def adapter_chain_callbacks(run: RunConfig) -> list:
     if not run.adapter_parents:
         return []
     parents = list(run.adapter_parents)
-    base = _transformers_callback_base()
+    base = trainer_callback_base()
 
     class AdapterChainCallback(base):
         def on_save(self, args, state, control, **kwargs):
@@ -969,34 +949,6 @@ def adapter_chain_callbacks(run: RunConfig) -> list:
                 write_adapter_chain(checkpoint, parents)
 
     return [AdapterChainCallback()]
-
-
-# ---- KorMedMCQA steering set ------------------------------------------------------------------
-def add_steering_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steer-on", choices=STEER_SET_CHOICES, default="steer",
-                        help="KorMedMCQA set of the periodic and final evaluations (and the loop's stop rule): "
-                             "steer = a held-out slice of KorMedMCQA train (default); guide604 = the guide's "
-                             "test set, whose accuracy then stops being a held-out measure (recorded, warned)")
-
-
-def steering_items(run: RunConfig, steer_on: str = "steer") -> tuple[list[dict], str | None]:
-    """``--eval-samples`` items (0 = all) of the steering set, seeded; ([], None) when it is missing."""
-    from script.evaluation import SET_ALIASES, load_eval_items
-    from script.training_config import KORMEDMCQA_TEST_DIR
-
-    if steer_on not in STEER_SET_CHOICES:
-        raise ConfigError(f"--steer-on {steer_on!r}: expected one of {', '.join(STEER_SET_CHOICES)}")
-    if steer_on != "steer":
-        logger.warning("--steer-on %s: evaluating on a TEST set; the accuracies of this run are not held-out "
-                       "measures and must not be reported as test results", steer_on)
-    path = KORMEDMCQA_TEST_DIR / SET_ALIASES[steer_on]
-    if not path.is_file():
-        logger.warning("no %s set at %s (python -m script.extract_kormedmcqa_test --set all): "
-                       "KorMedMCQA evaluation is off for this run", steer_on, path)
-        return [], None
-    items = load_eval_items(path, n=run.eval_samples if run.eval_samples > 0 else None, seed=run.seed)
-    logger.info("KorMedMCQA evaluation: %d questions of %s", len(items), path)
-    return items, str(path)
 
 
 def prefixed(prefix: str, metrics: dict) -> dict:
@@ -1017,7 +969,7 @@ def make_plain_text_monitor(tokenizer, texts: Sequence[str], every: int, history
     the model knew of plain text.
     """
     texts = list(texts)
-    base = _transformers_callback_base()
+    base = trainer_callback_base()
 
     class PlainTextMonitor(base):
         trainer = None

@@ -48,6 +48,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from script.cli import setup_logging
 from script.data_io import (
     DataError,
     Reject,
@@ -567,7 +568,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging()
     if args.batch_size <= 0:
         raise SystemExit("--batch-size must be positive")
     started = time.perf_counter()

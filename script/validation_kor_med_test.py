@@ -70,7 +70,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
-import os
 import re
 import sys
 import time
@@ -78,6 +77,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from script import controls, formats, model_card
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_open, atomic_write_json
 from script.evaluation import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -95,8 +95,8 @@ from script.evaluation import (
     render_mcq_prompt,
     select_eval_subset,
 )
-from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
 from script.model_loading import add_pickle_weights_flag
+from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
 
 logger = logging.getLogger("validation_kor_med_test")
 
@@ -108,8 +108,8 @@ REPORT_VERSION = 1
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=os.environ.get("MODEL", DEFAULT_MODEL),
-                        help="registry name, model dir or adapter dir (default: $MODEL or %(default)s)")
+    parser.add_argument("--model", default=DEFAULT_MODEL,
+                        help="registry name, model dir or adapter dir (default: %(default)s)")
     parser.add_argument("--adapter", action="append", default=[], metavar="DIR",
                         help="LoRA adapter to apply; repeat for a chain (earlier ones are merged in order)")
     what = parser.add_mutually_exclusive_group()
@@ -389,8 +389,7 @@ def score(args: argparse.Namespace, loaded, items: list[dict]) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    setup_logging()
     args = parse_args(argv)
     args.batch_size = args.batch_size or (8 if args.mode == "generate" else 16)
     if args.mode == "generate" or (args.mode == "letter" and args.prompt == PROMPT_TRAIN02):
@@ -410,8 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
     from script.model_loading import load_model_for_eval
-    from script.training_config import UnknownModelError
-    from script.training_config import ConfigError
+    from script.training_config import ConfigError, UnknownModelError
 
     started = time.perf_counter()
     try:

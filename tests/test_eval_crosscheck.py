@@ -14,9 +14,9 @@ import yaml
 
 from script import eval_crosscheck as cc
 from script import evaluation as ev
-from script.model_loading import load_model_for_eval
 from script import formats
 from script.data_io import DataError, atomic_write_jsonl, read_jsonl
+from script.model_loading import load_model_for_eval
 from script.training_config import SAMPLE_DATA_DIR
 
 KORMEDMCQA_SAMPLE = SAMPLE_DATA_DIR / "sean0042" / "KorMedMCQA" / "data"

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from script import evaluation as ev
-from script.model_loading import load_model_for_eval
 from script import formats
 from script.data_io import atomic_write_jsonl
+from script.model_loading import load_model_for_eval
 from script.training_config import SAMPLE_DATA_DIR
 
 KORMEDMCQA_SAMPLE = SAMPLE_DATA_DIR / "sean0042" / "KorMedMCQA" / "data"

@@ -10,10 +10,9 @@ import torch
 from peft import PeftModel
 
 from script import formats
-from tests.sample_records import asan_type1_records, tiny_run
 from script.data_io import atomic_write_jsonl
-from script.training_config import LORA_TARGET_MODULES, ConfigError
 from script.model_loading import load_base_model
+from script.training_config import LORA_TARGET_MODULES, ConfigError
 from script.training_data import to_sft_dataset
 from script.training_utils import (
     attach_lora,
@@ -25,6 +24,7 @@ from script.training_utils import (
     save_final,
     trainable_parameters,
 )
+from tests.sample_records import asan_type1_records, tiny_run
 
 
 @pytest.fixture(scope="module")

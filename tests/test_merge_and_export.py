@@ -13,8 +13,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from script import merge_and_export
-from script.model_loading import load_model_for_eval
-from script.model_loading import load_base_model, load_tokenizer, write_adapter_chain
+from script.model_loading import load_base_model, load_model_for_eval, load_tokenizer, write_adapter_chain
 from script.training_utils import create_lora_config, lora_target_modules
 
 

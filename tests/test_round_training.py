@@ -19,7 +19,8 @@ import torch
 
 from script import formats
 from script.data_io import atomic_write_jsonl
-from script.round_training import FailureTracker, RoundTrainer, Scoreboard, drive, load_steering_items, rank_types
+from script.round_training import FailureTracker, RoundTrainer, Scoreboard, drive, rank_types
+from script.steering import load_steering_set
 from script.train.train_adaptive_types import AdaptivePolicy, type_probabilities
 from script.train.train_loop_until_90 import LoopPolicy
 from script.train.train_probe_and_focus import ProbeFocusPolicy
@@ -313,9 +314,9 @@ def test_adaptive_probabilities_favour_recent_gain_with_an_exploration_floor():
 # Steering set
 # ---------------------------------------------------------------------------
 def test_steering_on_guide604_is_allowed_but_flagged(fixture_dirs):
-    items, info = load_steering_items("steer", 0, 42, fixture_dirs["sets"])
+    items, info = load_steering_set("steer", 0, 42, fixture_dirs["sets"])
     assert len(items) == 8 and info["set"] == "steer" and "warning" not in info
-    items, info = load_steering_items("guide604", 4, 42, fixture_dirs["sets"])
+    items, info = load_steering_set("guide604", 4, 42, fixture_dirs["sets"])
     assert len(items) == 4 and "optimistic" in info["warning"]
 
 

@@ -36,7 +36,11 @@ LAUNCH_ENV_PREFIXES = ("ACCELERATE_", "FSDP_")
 def launch_environment(config_file: Path, processes: int = 2) -> dict[str, str]:
     """The ACCELERATE_*/FSDP_* variables ``accelerate launch --config_file X`` gives each process."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
-    from accelerate.utils.launch import prepare_deepspeed_cmd_env, prepare_multi_gpu_env, prepare_simple_launcher_cmd_env
+    from accelerate.utils.launch import (
+        prepare_deepspeed_cmd_env,
+        prepare_multi_gpu_env,
+        prepare_simple_launcher_cmd_env,
+    )
 
     args = launch_command_parser().parse_args(["--config_file", str(config_file), "--num_processes", str(processes),
                                                "-m", "script.train.train_02_kor_med_test"])

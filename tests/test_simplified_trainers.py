@@ -18,9 +18,8 @@ from safetensors.torch import load_file
 from script import formats
 from script.data_io import atomic_write_jsonl, iter_jsonl
 from script.evaluation import extract_answer, train02_format_checks, train02_score
-from script.model_loading import load_model_for_eval
+from script.model_loading import ADAPTER_CHAIN_FILE, load_model_for_eval, resolve_adapter_chain
 from script.training_config import KORMEDMCQA_TEST_DIR, SAMPLE_DATA_DIR, TINY_MODEL_DIR
-from script.model_loading import ADAPTER_CHAIN_FILE, resolve_adapter_chain
 from script.training_data import (
     load_dictionary_records,
     plain_text_files,

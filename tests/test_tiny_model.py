@@ -10,9 +10,8 @@ import torch
 
 from script import formats, make_tiny_model
 from script.data_io import sha256_file
-from script.training_config import SAMPLE_DATA_DIR
 from script.model_loading import ensure_model_available, load_base_model
-from script.training_config import ConfigError
+from script.training_config import SAMPLE_DATA_DIR, ConfigError
 
 
 def sample_texts(limit=300):

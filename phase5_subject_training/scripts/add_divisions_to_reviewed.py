@@ -29,10 +29,9 @@ from phase5_subject_training.divisions import (
     too_many_rejects,
 )
 from script import formats
+from script.cli import setup_logging
 from script.data_io import DataError
-from script.training_config import CLEAN_DIR
-from script.training_config import ConfigError
-from script.training_utils import setup_logging
+from script.training_config import CLEAN_DIR, ConfigError
 
 SPLITS = ("train", "validation")
 

@@ -30,9 +30,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from phase5_subject_training.divisions import annotate_jsonl, build_annotator, parse_annotator_args, too_many_rejects
+from script.cli import setup_logging
 from script.data_io import DataError
 from script.training_config import ConfigError
-from script.training_utils import setup_logging
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

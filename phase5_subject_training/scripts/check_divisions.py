@@ -34,8 +34,8 @@ from phase5_subject_training.divisions import (
     load_taxonomy,
 )
 from script import formats
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_json
-from script.training_utils import setup_logging
 
 WIDTH = 70
 

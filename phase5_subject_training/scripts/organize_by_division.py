@@ -41,9 +41,9 @@ from phase5_subject_training.divisions import (
     load_taxonomy,
 )
 from script import formats
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, iter_jsonl, recover_dir, safe_child_path
 from script.training_config import HOME
-from script.training_utils import setup_logging
 
 SPLITS = ("train", "validation")
 INDEX_FILE = "division_index.json"

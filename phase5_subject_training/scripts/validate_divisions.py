@@ -38,8 +38,8 @@ from phase5_subject_training.divisions import (
     fix_divisions,
     load_taxonomy,
 )
+from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_jsonl, iter_jsonl, write_rejects
-from script.training_utils import setup_logging
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -25,11 +25,12 @@ import gc
 import logging
 from pathlib import Path
 
+from script.cli import setup_logging
 from script.data_io import atomic_write_json, read_json
+from script.steering import add_steering_args
 from script.train import train_01_medical_dict, train_02_kor_med_test
-from script.training_config import LOG_DIR
-from script.training_config import ConfigError
-from script.training_utils import add_steering_args, build_arg_parser, setup_logging, start_run, write_training_info
+from script.training_config import LOG_DIR, ConfigError
+from script.training_utils import build_arg_parser, start_run, write_training_info
 
 logger = logging.getLogger("train_01_02_loop")
 

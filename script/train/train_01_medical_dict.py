@@ -26,6 +26,7 @@ from pathlib import Path
 
 from script.cli import run_main
 from script.evaluation import make_mcq_eval_fn, plain_text_perplexity
+from script.steering import add_steering_args, load_steering_set
 from script.training_config import CLEAN_DIR, STAGE_01
 from script.training_data import (
     describe_data_file,
@@ -38,7 +39,6 @@ from script.training_data import (
 from script.training_utils import (
     NO_PACKING_WHY,
     adapter_chain_callbacks,
-    add_steering_args,
     attach_lora,
     build_arg_parser,
     build_trainer,
@@ -47,7 +47,6 @@ from script.training_utils import (
     make_plain_text_monitor,
     prefixed,
     start_run,
-    steering_items,
     train_and_save,
     training_options,
     update_training_info,
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None, monitor: bool = False, script: str = "tr
     model, tokenizer = load_model_and_tokenizer(run)
     model = attach_lora(model, run)
 
-    items, steer_file = steering_items(run, args.steer_on)
+    items, steering = load_steering_set(args.steer_on, run.eval_samples, run.seed, required=False)
     letter_eval = None
     history: list[dict] = []
     callbacks = adapter_chain_callbacks(run)
@@ -116,7 +115,8 @@ def main(argv: list[str] | None = None, monitor: bool = False, script: str = "tr
     info = train_and_save(
         run, trainer, tokenizer,
         extra_info={"train_samples": len(train_records), "validation_samples": len(items),
-                    "validation_set": steer_file, "steer_on": args.steer_on, "validation_history": history,
+                    "validation_set": steering and steering["path"], "steering": steering, "steer_on": args.steer_on,
+                    "validation_history": history,
                     "data_files": [describe_data_file(p) for p in args.dictionaries],
                     "dictionary_entries": dictionary_stats,
                     "training_options": training_options(trainer, packing_why_not=NO_PACKING_WHY),

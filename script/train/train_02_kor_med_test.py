@@ -35,12 +35,12 @@ from pathlib import Path
 from script import formats
 from script.cli import run_main
 from script.evaluation import train02_eval_fn
+from script.steering import add_steering_args, load_steering_set
 from script.training_config import CLEAN_DIR, STAGE_02
 from script.training_data import describe_data_file, load_mcq_items, select_samples, to_sft_dataset, train02_records
 from script.training_utils import (
     NO_PACKING_WHY,
     adapter_chain_callbacks,
-    add_steering_args,
     attach_lora,
     build_arg_parser,
     build_trainer,
@@ -48,7 +48,6 @@ from script.training_utils import (
     make_periodic_eval_callback,
     prefixed,
     start_run,
-    steering_items,
     train_and_save,
     training_options,
     update_training_info,
@@ -86,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, tokenizer = load_model_and_tokenizer(run)
     model = attach_lora(model, run)
 
-    steer, steer_file = steering_items(run, args.steer_on)
+    steer, steering = load_steering_set(args.steer_on, run.eval_samples, run.seed, required=False)
     eval_fn = train02_eval_fn(tokenizer, steer, run.batch, args.max_new_tokens) if steer else None
     history: list[dict] = []
     callbacks = adapter_chain_callbacks(run)
@@ -98,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         extra_info={"train_samples": len(records), "items": len(items), "answer_text_records": answer_text,
                     "detailed_samples": detailed,
                     "detailed_fraction": args.detailed_fraction, "validation_samples": len(steer),
-                    "validation_set": steer_file, "steer_on": args.steer_on, "validation_history": history,
+                    "validation_set": steering and steering["path"], "steering": steering, "steer_on": args.steer_on,
+                    "validation_history": history,
                     "data_files": [describe_data_file(args.data)],
                     "training_options": training_options(trainer, packing_why_not=NO_PACKING_WHY)},
         evaluate=(lambda trained: prefixed("steer_", eval_fn(trained, -1))) if eval_fn else None,

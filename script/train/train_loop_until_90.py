@@ -40,7 +40,9 @@ import logging
 import math
 
 from script import formats
+from script.cli import run_main
 from script.data_io import atomic_write_json
+from script.launch import global_batch, init_distributed, is_main_process, world_size
 from script.round_training import (
     BEST_DIR_NAME,
     STATE_DIR_NAME,
@@ -50,18 +52,16 @@ from script.round_training import (
     check_launch,
     drive,
     finish,
-    load_steering_items,
     load_type_records,
     make_steering_evaluator,
     plot_accuracy_curve,
     resolve_mcq_scoring,
     resume_or_start,
-    run_cli,
     steering_summary,
     training_info,
     worker_result,
 )
-from script.launch import global_batch, init_distributed, is_main_process, world_size
+from script.steering import load_steering_set
 from script.training_utils import build_arg_parser, start_run
 
 logger = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     run = start_run(args, stage=STAGE, script="train_loop_until_90")
     init_distributed(run)
     type_records = load_type_records(args.data_dir, args.types, run.max_samples, run.seed)
-    items, steering = load_steering_items(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
+    items, steering = load_steering_set(args.steer_on, run.eval_samples, run.seed, args.sets_dir)
     steering["scoring"] = resolve_mcq_scoring(args, run)
 
     per_step = global_batch(run)  # an epoch is shared by all processes of a multi-process launch
@@ -210,4 +210,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import logging
 
+from script.cli import run_main
 from script.round_training import (
     Scoreboard,
     add_round_options,
     counted,
     rank_types,
     ranking_note,
-    run_cli,
     run_type_policy,
 )
 from script.training_utils import build_arg_parser
@@ -216,4 +216,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    run_main(main)

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from script.data_io import DataError, safe_child_path
-from script.model_loading import check_adapter_weights, ensure_model_available, PICKLE_WEIGHTS_FLAG
+from script.model_loading import PICKLE_WEIGHTS_FLAG, check_adapter_weights, ensure_model_available
 from script.training_config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
