@@ -56,7 +56,7 @@ gpu-memory: setup  ## per-GPU memory and what MODEL needs to train (no CUDA: the
 	$(PY) -m script.check_gpu_memory --model $(MODEL)
 
 merge: setup  ## merge the pipeline's final adapter chain into the base -> model/merged/MODEL (plain transformers)
-	$(PY) -m script.merge_and_export --model model/02_trained/$(MODEL)/final --output model/merged/$(MODEL) --force
+	$(PY) -m script.merge_and_export --model "$$($(PY) -m script.pipeline_stages --model $(MODEL) --final-adapter)" --output model/merged/$(MODEL) --force
 
 report: setup  ## Phase 6 report of MODEL -> logs/report_MODEL/ (report.md, report.json, charts); RUN_EVALS=1 runs missing evaluations
 	$(PY) -m script.evaluation_report --model $(MODEL) $(if $(filter 1,$(RUN_EVALS)),--run-evals)

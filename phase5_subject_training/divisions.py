@@ -57,8 +57,20 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
-from script.data_io import DataError, atomic_write_json, iter_jsonl, read_json, sha256_file, write_rejects
-from script.training_config import DATA_DIR, HOME
+from script.data_io import (
+    DataError,
+    Reject,
+    atomic_open,
+    atomic_write_json,
+    count_lines,
+    iter_jsonl,
+    read_json,
+    sha256_file,
+    write_rejects,
+)
+from script.evaluation import batch_starts, left_padded_batch, score_mcq_letter_mode, tokenize_for_completion
+from script.model_loading import load_model_for_eval
+from script.training_config import DATA_DIR, DEFAULT_MODEL, HOME
 
 logger = logging.getLogger(__name__)
 
@@ -601,7 +613,6 @@ class ModelScorer:
         """Tensor [len(prompts), divisions]: sum of log p(name tokens | prompt)."""
         import torch
 
-        from script.evaluation import left_padded_batch
 
         model, n_names = self.model, len(self.name_tokens)
         device = next(model.parameters()).device
@@ -774,8 +785,6 @@ class DivisionAnnotator:
 
 def add_annotator_arguments(parser) -> None:
     """Flags shared by annotate_divisions.py and add_divisions_to_reviewed.py."""
-    from script.training_config import DEFAULT_MODEL
-
     g = parser.add_argument_group("annotator")
     g.add_argument("--taxonomy", type=Path, default=TAXONOMY_PATH, help="taxonomy file (default: %(default)s)")
     g.add_argument("--model-scorer", action="store_true",
@@ -819,7 +828,6 @@ def build_annotator(args) -> DivisionAnnotator:
     taxonomy = load_taxonomy(args.taxonomy)
     if not args.model_scorer:
         return DivisionAnnotator(taxonomy)
-    from script.model_loading import load_model_for_eval
 
     loaded = load_model_for_eval(args.model, device=args.device)
     logger.info("model stage: %s on %s", loaded.info["name"], loaded.info["device"])
@@ -888,8 +896,6 @@ def annotate_jsonl(input_path: str | os.PathLike, output_path: str | os.PathLike
         os.replace(partial, output_path)
     rejects_file = output_path.with_name(output_path.name + ".rejects.jsonl")
     if state["rejects"]:
-        from script.data_io import Reject
-
         write_rejects(rejects_file, [Reject(**r) for r in state["rejects"]])
     else:
         rejects_file.unlink(missing_ok=True)
@@ -902,8 +908,6 @@ def annotate_jsonl(input_path: str | os.PathLike, output_path: str | os.PathLike
 
 def _annotate_into(input_path: Path, partial: Path, state_path: Path, state: dict, annotator: DivisionAnnotator,
                    checkpoint_every: int, batch_size: int, progress: bool) -> None:
-    from script.data_io import count_lines
-
     if partial.exists():  # drop whatever a kill left after the last commit
         with open(partial, "r+b") as handle:
             handle.truncate(state["partial_bytes"])
@@ -1086,7 +1090,6 @@ def completion_token_stats(model, tokenizer, records: Sequence[Mapping], batch_s
     logits are computed (``logits_to_keep``): a 262k vocabulary times whole prompts would not fit."""
     import torch
 
-    from script.evaluation import batch_starts, left_padded_batch, tokenize_for_completion
 
     device = next(model.parameters()).device
     encoded = []
@@ -1163,8 +1166,6 @@ def evaluate_by_division(model, tokenizer, records: Sequence[Mapping[str, Any]],
     from letter mode (``evaluation.score_mcq_letter_mode``, the type-3 prompt); for any other
     record, the share of its completion tokens the model predicts exactly (teacher-forced argmax).
     Its loss is the mean NLL of its completion tokens. See ``aggregate_division_rows``."""
-    from script.evaluation import score_mcq_letter_mode
-
     token_stats = completion_token_stats(model, tokenizer, records, batch_size, max_length, progress=progress)
     mcq_index = [i for i, r in enumerate(records) if is_mcq_record(r)]
     letters = score_mcq_letter_mode(model, tokenizer, [dict(records[i]) for i in mcq_index], batch_size,
@@ -1202,7 +1203,6 @@ def plot_division_report(report: Mapping[str, Mapping], path: str | os.PathLike,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from script.data_io import atomic_open
 
     keys = [k for k in report if k != "OVERALL"]
     colours = ["#c0392b" if report[k].get("weak") else "#2e86c1" for k in keys]

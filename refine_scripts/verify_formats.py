@@ -28,6 +28,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from refine_scripts.refine_4types import SPLITS
 from script.data_io import Reject, count_lines, iter_jsonl
 from script.formats import (
     OPTION_LETTERS,
@@ -40,7 +41,6 @@ from script.formats import (
     TYPE4_WORD_REASONING,
     format_mcq,
 )
-from refine_scripts.refine_4types import SPLITS
 from script.training_config import REFINED_DIR
 
 ROLES = ["system", "user", "assistant"]

@@ -42,8 +42,23 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+from phase5_subject_training.divisions import (
+    GENERAL,
+    UNKNOWN,
+    DivisionAnnotator,
+    ModelScorer,
+    division_problems,
+    load_taxonomy,
+    model_text,
+    normalize_term,
+    record_fields,
+)
 from script import formats
 from script.cli import setup_logging
+from script.data_io import DataError, iter_jsonl
+from script.evaluation import generate_texts
+from script.model_loading import load_model_for_eval
+from script.sample_knowledge import CONDITIONS, DIVISIONS, GENERAL_TOPICS
 from script.training_config import CLEAN_DIR, DEFAULT_MODEL
 
 logger = logging.getLogger("bench_divisions")
@@ -79,8 +94,6 @@ class GoldIndex:
     """Which condition of ``sample_knowledge.CONDITIONS`` a refined sample record was generated from."""
 
     def __init__(self):
-        from script.sample_knowledge import CONDITIONS
-
         self.conditions = CONDITIONS
         by_id = {c.id: c for c in CONDITIONS}
         self.by_name = {}
@@ -123,8 +136,6 @@ class GoldIndex:
 # ---------------------------------------------------------------------------
 def parse_generated_division(text: str, taxonomy) -> str | None:
     """A valid id or a division/specialty name in free text (the earliest), else None (malformed)."""
-    from phase5_subject_training.divisions import GENERAL, UNKNOWN
-
     for match in re.finditer(r"(?<![\d.])\d+(?:\.\d+)*", text):
         if taxonomy.is_valid(match.group()):
             return match.group()
@@ -146,8 +157,6 @@ def parse_generated_division(text: str, taxonomy) -> str | None:
 
 def baseline_annotate(model, tokenizer, taxonomy, texts: Sequence[str], batch_size: int, max_new_tokens: int,
                       max_text_tokens: int) -> list[dict]:
-    from script.evaluation import generate_texts
-
     listing = "\n".join(f"{d}. {taxonomy.divisions[d].name_ko} ({taxonomy.divisions[d].name_en})"
                         for d in taxonomy.top_level)
     prompts = []
@@ -165,8 +174,6 @@ def baseline_annotate(model, tokenizer, taxonomy, texts: Sequence[str], batch_si
 # ---------------------------------------------------------------------------
 def score(predictions: Sequence[str | None], golds: Sequence, taxonomy, seconds: float) -> dict:
     """Shares over all predictions; accuracy over the records with a gold condition."""
-    from phase5_subject_training.divisions import GENERAL, UNKNOWN
-
     n = len(predictions)
     labelled = [(p, g) for p, g in zip(predictions, golds) if g is not None]
     top = sum(p is not None and taxonomy.top(p) == g.top_division for p, g in labelled)
@@ -186,9 +193,6 @@ def score(predictions: Sequence[str | None], golds: Sequence, taxonomy, seconds:
 
 def vocabulary_overlap(taxonomy, scorer, records: Sequence[dict], gold: GoldIndex) -> dict:
     """How much of the generator's vocabulary the taxonomy's keywords already contain."""
-    from phase5_subject_training.divisions import normalize_term, record_fields
-    from script.sample_knowledge import DIVISIONS
-
     keyword_home = {}
     for division_id, node in taxonomy.divisions.items():
         for words in node.keywords.values():
@@ -216,8 +220,6 @@ def vocabulary_overlap(taxonomy, scorer, records: Sequence[dict], gold: GoldInde
 
 
 def load_records(data_dir: Path) -> list[dict]:
-    from script.data_io import DataError, iter_jsonl
-
     records = []
     for type_name in formats.TRAINING_TYPES:
         for split in ("train", "validation"):
@@ -233,16 +235,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from phase5_subject_training.divisions import (
-        DivisionAnnotator,
-        ModelScorer,
-        division_problems,
-        load_taxonomy,
-        model_text,
-        record_fields,
-    )
-    from script.data_io import DataError
-    from script.model_loading import load_model_for_eval
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -269,7 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     lexical_result["load_seconds"] = round(load_seconds, 3)
     lexical_result["rules"] = dict(Counter(a.rule for a in lexical))
 
-    from script.sample_knowledge import GENERAL_TOPICS
 
     everyday = [{"text": s} for sentences in GENERAL_TOPICS.values() for s in sentences]
     everyday_out = annotator.annotate_many(everyday)

@@ -38,8 +38,21 @@ import logging
 import time
 from collections.abc import Sequence
 
+from script import kormedmcqa
 from script.cli import setup_logging
-from script.training_config import DEFAULT_MODEL
+from script.data_io import DataError
+from script.evaluation import (
+    PROMPT_TYPE3,
+    encode_prompt,
+    extract_answer,
+    generate_texts,
+    load_eval_items,
+    render_mcq_prompt,
+    score_mcq_letter_mode,
+    select_eval_subset,
+)
+from script.model_loading import load_model_for_eval
+from script.training_config import DEFAULT_MODEL, SAMPLE_DATA_DIR
 
 logger = logging.getLogger("bench_eval")
 
@@ -60,11 +73,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_guide604(n: int, seed: int) -> tuple[list[dict], str]:
     """The guide604 items (set file, else built from the sample mirror) and where they came from."""
-    from script import kormedmcqa
-    from script.data_io import DataError
-    from script.evaluation import load_eval_items, select_eval_subset
-    from script.training_config import SAMPLE_DATA_DIR
-
     try:
         return load_eval_items("guide604", n, seed), "guide604.jsonl"
     except DataError:
@@ -76,8 +84,6 @@ def load_guide604(n: int, seed: int) -> tuple[list[dict], str]:
 
 def naive_generate(model, tokenizer, items: list[dict], max_new_tokens: int) -> list[dict]:
     """One generate call per question, unbatched, as the guide's validation loop did."""
-    from script.evaluation import PROMPT_TYPE3, encode_prompt, extract_answer, generate_texts, render_mcq_prompt
-
     predictions = []
     for item in items:
         ids = encode_prompt(tokenizer, render_mcq_prompt(tokenizer, item, PROMPT_TYPE3), PROMPT_TYPE3)
@@ -100,8 +106,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     import torch
 
-    from script.evaluation import score_mcq_letter_mode
-    from script.model_loading import load_model_for_eval
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

@@ -42,6 +42,19 @@ from pathlib import Path
 from script.check_gpu_memory import KNOWN_ARCHITECTURES, Architecture
 from script.data_io import atomic_write_json
 from script.training_config import CLEAN_DIR, LOG_DIR
+from script.training_data import load_split_records, to_sft_dataset
+from script.training_utils import (
+    add_compact_lm_head,
+    attach_lora,
+    batch_token_counts,
+    build_arg_parser,
+    build_sft_config,
+    build_trainer,
+    enable_padding_free,
+    load_model_and_tokenizer,
+    start_run,
+    training_options,
+)
 
 CONFIGS = ("a1_guide", "a2_trl_default", "a2_padding_free", "a2_padding_free_compact_head", "b_toolkit")
 REFINED_TYPES = ("type1_text", "type2_text_reasoning", "type3_word", "type4_word_reasoning")
@@ -90,7 +103,6 @@ def bench_records(data_dir: Path, count: int, seed: int) -> list[dict]:
     """``count`` refined training records of all four types, shuffled with ``seed`` (repeated if short)."""
     import random
 
-    from script.training_data import load_split_records
 
     records = []
     for type_name in REFINED_TYPES:
@@ -112,8 +124,6 @@ class TokenCounter:
         self.batches: list[tuple[int, int]] = []
 
     def __call__(self, features):
-        from script.training_utils import batch_token_counts
-
         batch = self.collator(features)
         self.batches.append(batch_token_counts(batch))
         return batch
@@ -179,7 +189,6 @@ def build_bench_trainer(config: str, run, model, tokenizer, dataset, callbacks):
     gradient clipping, optimizer, seeds), so that only batching, checkpointing and the LM head differ."""
     from trl import SFTTrainer
 
-    from script.training_utils import add_compact_lm_head, build_sft_config, build_trainer, enable_padding_free
 
     common = dict(save_strategy="no", report_to=[], logging_steps=1, disable_tqdm=True)
     if config == "b_toolkit":
@@ -202,14 +211,6 @@ def run_worker(args: argparse.Namespace) -> dict:
     """Train one configuration for --steps optimizer steps; return its figures."""
     from transformers import TrainerCallback
 
-    from script.training_data import to_sft_dataset
-    from script.training_utils import (
-        attach_lora,
-        build_arg_parser,
-        load_model_and_tokenizer,
-        start_run,
-        training_options,
-    )
 
     config = args.worker
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmp:

@@ -27,8 +27,9 @@ from collections.abc import Sequence
 
 from script import formats
 from script.cli import setup_logging
-from script.model_loading import add_pickle_weights_flag
-from script.training_config import DEFAULT_MODEL
+from script.evaluation import stop_token_ids
+from script.model_loading import add_pickle_weights_flag, load_model_for_eval
+from script.training_config import DEFAULT_MODEL, ConfigError
 
 logger = logging.getLogger("chat")
 
@@ -54,7 +55,6 @@ def reply(model, tokenizer, messages: list[dict], max_new_tokens: int, temperatu
     import torch
     from transformers import GenerationConfig, TextStreamer
 
-    from script.evaluation import stop_token_ids
 
     prompt = formats.render_prompt(tokenizer, messages)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
@@ -106,8 +106,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(level=logging.WARNING)
     args = parse_args(argv)
-    from script.model_loading import load_model_for_eval
-    from script.training_config import ConfigError
 
     try:
         loaded = load_model_for_eval(args.model, args.adapter, args.device, args.quantization,

@@ -70,19 +70,30 @@ _NEARLY_FULL_BYTES = 1 << 20
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+_installed_handlers: list[logging.Handler] = []
+
+
 def setup_logging(log_file: Path | None = None, level: int = logging.INFO) -> None:
     """Every script's logging: timestamped lines to stderr and, optionally, to ``log_file``.
 
     Under a multi-process launch only the main process (RANK 0) logs at ``level`` and writes the
-    file; the other ranks log warnings and errors only.
+    file; the other ranks log warnings and errors only. A second call (a driver running several
+    stages in one process) replaces the handlers of the first and leaves everyone else's alone.
     """
     rank = int(os.environ.get("RANK", "0"))
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None and rank == 0:
         log_file.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
-    logging.basicConfig(level=level if rank == 0 else logging.WARNING, format=LOG_FORMAT, handlers=handlers,
-                        force=True)
+    root = logging.getLogger()
+    for handler in _installed_handlers:
+        root.removeHandler(handler)
+        handler.close()
+    _installed_handlers[:] = handlers
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(handler)
+    root.setLevel(level if rank == 0 else logging.WARNING)
 
 
 def run_main(main: Callable[[], Any]) -> NoReturn:

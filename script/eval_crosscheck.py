@@ -56,11 +56,14 @@ from script.evaluation import (
     LM_EVAL_STOP_STRINGS,
     PROMPT_LM_EVAL,
     PROMPT_TYPE3,
+    generate_mcq_answers,
     item_letters,
+    load_eval_items,
     mcq_prompt_messages,
+    score_mcq_letter_mode,
 )
-from script.model_loading import add_pickle_weights_flag
-from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT
+from script.model_loading import add_pickle_weights_flag, load_model_for_eval
+from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT, ConfigError
 
 logger = logging.getLogger("eval_crosscheck")
 
@@ -178,8 +181,6 @@ def harness_model_args(info: Mapping[str, Any]) -> dict:
     before loading an adapter (Gemma has padding rows: 262,208 vs 262,145; tiny 8,064 vs 8,000), so
     saved embedding rows no longer fit.
     """
-    from script.training_config import ConfigError
-
     args = {"pretrained": str(info["base_model"]), "dtype": str(info["dtype"]), "device": str(info["device"])}
     adapters = list(info["adapters"])
     if len(adapters) > 1:
@@ -201,8 +202,6 @@ def harness_model(loaded, batch_size: int, in_memory: bool = False) -> tuple[Any
     harness loads from, or, when it cannot load those weights (``harness_model_args`` says why) or
     ``in_memory`` is asked, an ``HFLM`` around the model loaded here, chain merged and embeddings in
     place, so the harness resizes nothing."""
-    from script.training_config import ConfigError
-
     if not in_memory:
         try:
             model_args = harness_model_args(loaded.info)
@@ -343,7 +342,6 @@ def _agreement(rows: Sequence[Mapping[str, Any]]) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     args = parse_args(argv)
-    from script.training_config import ConfigError
 
     try:
         return crosscheck(args)
@@ -358,8 +356,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def crosscheck(args: argparse.Namespace) -> int:
     import lm_eval  # fail early, before a model is loaded, when the harness is missing
 
-    from script.evaluation import generate_mcq_answers, load_eval_items, score_mcq_letter_mode
-    from script.model_loading import load_model_for_eval
 
     comparisons = [args.only] if args.only else list(COMPARISONS)
     items = load_eval_items(args.set, args.n, args.seed)

@@ -43,8 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from script import formats
+from script import formats, kormedmcqa
 from script.data_io import DataError, Reject, iter_jsonl, load_local_dataset, read_json, sha256_file
+from script.kormedmcqa import cell_text
+from script.sources import KMMLU_MEDICAL_SUBJECTS, raw_path
+from script.training_config import KORMEDMCQA_TEST_DIR, RAW_DIR, REFINED_DIR, SAMPLE_DATA_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -617,7 +620,6 @@ def normalise_kmmlu_row(record: Mapping[str, Any], subject: str, split: str, row
     if missing:
         raise ValueError(f"missing column {missing[0]!r} (expected columns: {', '.join(KMMLU_COLUMNS)}; "
                          f"found: {', '.join(record)})")
-    from script.kormedmcqa import cell_text
 
     question = cell_text(record["question"], "question")
     if not question:
@@ -655,7 +657,6 @@ def normalise_record(record: Mapping[str, Any], where: str, line: int, row: int,
         # the raw layout is <subject>/<split>.jsonl; upstream "Category" is a supercategory at best
         subject = Path(where).parent.name or str(record.get("Category") or KMMLU_SOURCE)
         return normalise_kmmlu_row(record, subject, split, row)
-    from script import kormedmcqa
 
     subject = record.get("subject")
     config = subject if subject in kormedmcqa.CONFIGS else Path(where).parent.name or "kormedmcqa"
@@ -713,8 +714,6 @@ SET_ALIASES = {"guide604": "guide604.jsonl", "official": "official_test.jsonl", 
 
 def resolve_set_path(set_name_or_path: str | Path, sets_dir: str | Path | None = None) -> tuple[str, Path]:
     """(name, file) of a set name (``SET_ALIASES``) or a path to a JSONL file."""
-    from script.training_config import KORMEDMCQA_TEST_DIR
-
     text = str(set_name_or_path)
     if text in SET_ALIASES:
         directory = Path(sets_dir) if sets_dir is not None else KORMEDMCQA_TEST_DIR
@@ -738,9 +737,6 @@ def read_eval_set(set_name_or_path: str | Path, sets_dir: str | Path | None = No
 def read_kormedmcqa_split(split: str, raw_dir: str | Path | None = None, from_dir: str | Path | None = None,
                           configs: Sequence[str] | None = None) -> EvalSet:
     """One upstream split (e.g. ``dev``) of every config, from the raw dir or a local hub mirror."""
-    from script import kormedmcqa
-    from script.training_config import RAW_DIR
-
     if from_dir is None and raw_dir is None:
         raw_dir = RAW_DIR / "by_source" / kormedmcqa.SOURCE_NAME
     source = (kormedmcqa.ItemSource(from_dir=from_dir) if from_dir is not None
@@ -769,9 +765,6 @@ def read_kmmlu(raw_dir: str | Path | None = None, from_dir: str | Path | None = 
     From ``<raw_dir>/by_source/kmmlu/<subject>/<split>.jsonl`` (download_all_datasets.py) or from a
     local hub mirror (``--from-dir``, read with ``datasets.load_dataset``). Answers 1-4 -> A-D.
     """
-    from script.sources import KMMLU_MEDICAL_SUBJECTS, raw_path
-    from script.training_config import RAW_DIR
-
     subjects = list(subjects or KMMLU_MEDICAL_SUBJECTS)
     items: list[dict] = []
     rejects: list[Reject] = []
@@ -1231,9 +1224,6 @@ def type4_score(generated: str, reference_answer: str, reference_reasoning: str,
 
 def medical_dictionary_path() -> Path:
     """The medical dictionary to take terms from: refined, else raw, else the shipped sample."""
-    from script.sources import raw_path
-    from script.training_config import RAW_DIR, REFINED_DIR, SAMPLE_DATA_DIR
-
     candidates = [REFINED_DIR / "01_medical_dict.json",
                   raw_path(RAW_DIR, "medical_dict", "korean_medical_dict", "train"),
                   SAMPLE_DATA_DIR / "local" / "01_medical_dict" / "korean_medical_dict.jsonl"]

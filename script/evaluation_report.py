@@ -61,10 +61,12 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from script import controls, report_sources
+from script import controls, report_sources, validation_kor_med_test
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text
 from script.report_comparison import _ci, _p, _pct, compare, load_report, markdown
 from script.report_sources import WEAK_DIVISION_ACCURACY, Sources
+from script.training_config import DEFAULT_MODEL, HOME, LOG_DIR, MODEL_DIR
+from script.training_utils import git_sha
 
 # ===========================================================================
 # Report mode: one model's evaluation report (markdown + JSON + charts)
@@ -425,8 +427,6 @@ def write_plots(sections: Mapping[str, dict], out: Path) -> dict[str, str]:
 # ---- building and running ---------------------------------------------------------------------
 def build_report(src, evaluations_run: Sequence[dict] = ()) -> tuple[dict, dict]:
     """(report without plots, sections) for the model of ``src``."""
-    from script.training_utils import git_sha
-
     sections = report_sources.gather(src)
     not_run, seen = [], set()
     for key, section in sections.items():
@@ -455,7 +455,6 @@ def run_missing_evaluations(src, args: argparse.Namespace) -> list[dict]:
     """validation_kor_med_test.py for every missing base/final report, with the pipeline's arguments."""
     import shlex
 
-    from script import validation_kor_med_test  # lazy: it pulls in the model-loading stack
 
     done = []
     for dataset, role in report_sources.missing_evaluations(src):
@@ -487,8 +486,6 @@ def write_report(report: dict, sections: Mapping[str, dict], output: Path) -> Pa
 
 
 def report_main(args: argparse.Namespace) -> int:
-    from script.training_config import HOME
-
     src = Sources(args.model, args.model_dir.resolve(), args.logs_dir.resolve(),
                   phase5_dir=(args.divisions_dir or HOME / "phase5_subject_training" / "models").resolve())
     evaluations = run_missing_evaluations(src, args) if args.run_evals else []
@@ -504,8 +501,6 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from script.training_config import DEFAULT_MODEL, LOG_DIR, MODEL_DIR
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--compare", nargs="+", type=Path, metavar="REPORT",

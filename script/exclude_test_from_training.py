@@ -78,7 +78,10 @@ from script.kormedmcqa import (
     NGRAM,
     SET_FILES,
     EvaluationIndex,
+    char_ngrams,
+    jaccard,
     normalise_item,
+    normalise_text,
     record_question,
 )
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, REFINED_DIR
@@ -367,8 +370,6 @@ def run_bench(n_records: int, n_items: int = 3600, seed: int = 0) -> dict:
     the hard case for candidate filtering. Also times the all-pairs Jaccard loop on 200 records and
     extrapolates, to show what the index saves.
     """
-    from script.kormedmcqa import char_ngrams, jaccard, normalise_text
-
     rng = random.Random(seed)
     items = [_bench_item(rng, i) for i in range(n_items)]
     with tempfile.TemporaryDirectory(prefix="exclusion-bench-") as tmp:

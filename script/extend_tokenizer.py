@@ -68,8 +68,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from script import formats
+from script.cli import setup_logging
 from script.data_io import DataError, Reject, atomic_write_dir, iter_jsonl, write_rejects
-from script.model_loading import add_pickle_weights_flag
+from script.hardware import resolve_device, resolve_dtype
+from script.model_loading import (
+    add_pickle_weights_flag,
+    ensure_model_available,
+    is_adapter_dir,
+    load_base_model,
+    load_tokenizer,
+)
 from script.training_config import (
     CLEAN_DIR,
     DEFAULT_MODEL,
@@ -77,10 +85,13 @@ from script.training_config import (
     LOG_DIR,
     MODEL_CONFIGS,
     TENSORBOARD_DIR,
+    ConfigError,
+    UnknownModelError,
     get_memory_config,
     get_model_config,
     stage_output_dir,
 )
+from script.training_utils import git_sha, last_checkpoint, library_versions, set_seed
 
 logger = logging.getLogger(__name__)
 
@@ -448,8 +459,6 @@ def build_extended_tokenizer(tokenizer, learned: LearnedPieces, staging_dir: Pat
     reloading through the tokenizer's own class keeps its special tokens, chat template and
     byte fallback, and is exactly how every later script will load it.
     """
-    from script.model_loading import load_tokenizer
-
     data = backend_json(tokenizer)
     model = data["model"]
     first = next_id = first_new_id(tokenizer)
@@ -720,7 +729,6 @@ def train_embeddings(model, tokenizer, texts: Sequence[str], output_dir: Path, *
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, default_data_collator
 
-    from script.training_utils import last_checkpoint
 
     trainable = freeze_all_but_embeddings(model)
     total = sum(p.numel() for p in model.parameters())
@@ -843,12 +851,6 @@ def default_num_new_tokens(tokenizer_len: int) -> int:
 
 
 def run(args: argparse.Namespace) -> dict:
-    from script.cli import setup_logging
-    from script.hardware import resolve_device, resolve_dtype
-    from script.model_loading import ensure_model_available, is_adapter_dir, load_base_model, load_tokenizer
-    from script.training_config import ConfigError
-    from script.training_utils import git_sha, library_versions, set_seed
-
     started = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     model_config = get_model_config(args.model)
     memory = get_memory_config(args.model)
@@ -994,8 +996,6 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from script.training_config import ConfigError, UnknownModelError
-
     parser = build_parser()
     args = parser.parse_args(argv)
     checks = {

@@ -30,10 +30,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from script import bench_train, make_real_shape_model
+from script import bench_train, make_real_shape_model, make_tiny_model
 from script.check_gpu_memory import estimate_training_memory
 from script.cli import setup_logging
 from script.data_io import atomic_write_json
+from script.evaluation import read_items_file, score_mcq_letter_mode
+from script.model_loading import load_model_for_eval
 from script.training_config import (
     CLEAN_DIR,
     KORMEDMCQA_TEST_DIR,
@@ -68,8 +70,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def letter_items(n: int = LETTER_ITEMS) -> tuple[list[dict], str]:
-    from script.evaluation import read_items_file
-
     guide = KORMEDMCQA_TEST_DIR / "guide604.jsonl"
     if guide.is_file():
         return read_items_file(guide).items[:n], str(guide)
@@ -81,8 +81,6 @@ def letter_items(n: int = LETTER_ITEMS) -> tuple[list[dict], str]:
 def letter_mode_seconds(model_dir: str, device: str) -> dict:
     import torch
 
-    from script.evaluation import score_mcq_letter_mode
-    from script.model_loading import load_model_for_eval
 
     items, source = letter_items()
     loaded = load_model_for_eval(model_dir, device=device)
@@ -131,7 +129,6 @@ def gpu_check(args: argparse.Namespace) -> dict:
     if args.dry_run:
         registry, device = "tiny", "cpu"
         model_dir = get_model_config("tiny").path
-        from script import make_tiny_model
 
         make_tiny_model.build(Path(model_dir), Path(get_model_config("tiny-mm").path), SAMPLE_DATA_DIR)
         model = {"dir": model_dir, "shape_of": "tiny (dry run)"}

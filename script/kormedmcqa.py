@@ -57,6 +57,7 @@ from typing import Any
 
 from script.data_io import DataError, Reject, iter_jsonl, load_local_dataset
 from script.formats import MCQ_REASONING_INSTRUCTION, OPTION_LETTERS
+from script.training_config import RAW_DIR
 
 # ---------------------------------------------------------------------------
 # Upstream layout (UPSTREAM_FACTS.md, KorMedMCQA section)
@@ -806,8 +807,6 @@ class EvaluationIndex:
 # ===========================================================================
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     """``--raw-dir`` / ``--from-dir``: the two places KorMedMCQA can be read from."""
-    from script.training_config import RAW_DIR
-
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--raw-dir", type=Path, default=None,
                        help=f"KorMedMCQA as written by download_all_datasets.py "
@@ -817,8 +816,6 @@ def add_source_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def source_from_args(args: argparse.Namespace) -> ItemSource:
-    from script.training_config import RAW_DIR
-
     if args.from_dir is not None:
         return ItemSource(from_dir=args.from_dir)
     return ItemSource(raw_dir=args.raw_dir or RAW_DIR / "by_source" / SOURCE_NAME)

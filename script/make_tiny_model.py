@@ -27,6 +27,7 @@ from pathlib import Path
 from script import formats
 from script.cli import setup_logging
 from script.data_io import atomic_write_dir, iter_jsonl
+from script.sample_knowledge import CONDITIONS
 from script.training_config import SAMPLE_DATA_DIR, TINY_MM_MODEL_DIR, TINY_MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,6 @@ def pretraining_texts(tokenizer, sample_dir: Path = SAMPLE_DATA_DIR) -> list[str
     """
     import random
 
-    from script.sample_knowledge import CONDITIONS
 
     rng = random.Random(SEED)
     medical_titles = {c.ko for c in CONDITIONS}

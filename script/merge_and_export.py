@@ -59,10 +59,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from script import formats
 from script.cli import setup_logging
 from script.data_io import atomic_write_dir
-from script.model_loading import add_pickle_weights_flag
-from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR
+from script.evaluation import load_eval_items, render_mcq_prompt
+from script.model_card import render_card
+from script.model_loading import add_pickle_weights_flag, load_base_model, load_model_for_eval
+from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR, ConfigError
+from script.training_utils import git_sha, library_versions
 
 logger = logging.getLogger("merge_and_export")
 
@@ -77,9 +81,6 @@ FALLBACK_PROMPTS = (
 
 def check_prompts(tokenizer, n: int) -> list[str]:
     """Rendered prompts to compare logits on: steering-set questions when extracted, else fixed text."""
-    from script import formats
-    from script.evaluation import load_eval_items, render_mcq_prompt
-
     steer = KORMEDMCQA_TEST_DIR / "steer.jsonl"
     if steer.is_file():
         return [render_mcq_prompt(tokenizer, item, "type3") for item in load_eval_items(steer, n=n)]
@@ -196,8 +197,6 @@ def export_adapter_main(loaded, output: Path, prompts: Sequence[str], reference:
     from peft import PeftModel
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from script.model_loading import load_base_model
-    from script.training_utils import git_sha, library_versions
 
     info = loaded.info
     model = loaded.model
@@ -270,9 +269,6 @@ def export_adapter_main(loaded, output: Path, prompts: Sequence[str], reference:
 
 def merged_model_card(info: dict, output: Path, difference: float, tolerance: float) -> str:
     """The Hub card of a merged export: the base it was merged into, the adapters, the logit check."""
-    from script.model_card import render_card
-    from script.training_utils import git_sha
-
     record = {"script": "merge_and_export", "model": info["name"], "git_sha": git_sha(),
               "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "stage": "merged", "config": {"dtype": info["dtype"]},
@@ -311,9 +307,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from script.model_loading import load_model_for_eval
-    from script.training_config import ConfigError
-    from script.training_utils import git_sha, library_versions
 
     try:
         loaded = load_model_for_eval(args.model, args.adapter, args.device, quantization="none",

@@ -39,6 +39,7 @@ from typing import Any
 from script import formats
 from script.controls import binomial_tail_at_least
 from script.data_io import DataError, read_json
+from script.pipeline_stages import TRAINED_STAGES
 from script.report_comparison import compare, describe, load_report
 from script.training_config import MODEL_CONFIGS, STAGE_00, STAGE_01, STAGE_02
 
@@ -54,9 +55,7 @@ WEAK_DIVISION_ACCURACY = 0.80  # the guide's "weak division" rule: accuracy belo
 # (stage dir, what it is, command that produces it). The pipeline's stages first, in its order.
 PIPELINE_STAGES = (
     ("extended_tokenizer", "tokenizer extension (embedding-only phase)", "make extend-tokenizer MODEL={model}"),
-    (STAGE_00, "train_00: plain text", "make pipeline MODEL={model}"),
-    (STAGE_01, "train_01: medical dictionary with a plain-text monitor", "make pipeline MODEL={model}"),
-    (STAGE_02, "train_02: KorMedMCQA with reasoning", "make pipeline MODEL={model}"),
+    *((stage, what, "make pipeline MODEL={model}") for stage, what in TRAINED_STAGES),
     ("01_02_loop", "train_01 <-> train_02 loop", "python -m script.train.train_01_02_loop --model {model}"),
 )
 TYPE_STAGES = tuple((t, f"type {i}: {t}", f"python -m script.train.train_{t} --model {{model}}")

@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from script import formats
+from script.controls import noise_floor, paired_change
 from script.data_io import (
     atomic_save_figure,
     atomic_write_dir,
@@ -57,18 +58,32 @@ from script.data_io import (
     recover_dir,
     sha256_file,
 )
+from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set, score_mcq_cloze_mode, score_mcq_letter_mode
+from script.hardware import peak_memory_bytes
 from script.launch import (
     all_gather_objects,
     barrier,
     broadcast_from_main,
     global_batch,
+    init_distributed,
     is_main_process,
     process_rank,
     world_size,
 )
+from script.model_loading import write_adapter_chain
 from script.steering import GUIDE604_STEERING_WARNING, add_steering_args, load_steering_set
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR, TENSORBOARD_DIR, ConfigError
-from script.training_utils import RunConfig, trainer_callback_base
+from script.training_data import describe_data_file, load_split_records, to_sft_dataset
+from script.training_utils import (
+    RunConfig,
+    attach_lora,
+    build_trainer,
+    load_model_and_tokenizer,
+    save_final,
+    start_run,
+    trainer_callback_base,
+    write_training_info,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -132,8 +147,6 @@ def check_launch() -> None:
 def load_type_records(data_dir: Path, types: Sequence[str], max_samples: int | None, seed: int
                       ) -> dict[str, list[dict]]:
     """``<data_dir>/<type>/train.jsonl`` of each type, in ``types`` order; missing types are skipped."""
-    from script.training_data import load_split_records
-
     records: dict[str, list[dict]] = {}
     for type_name in types:
         path = Path(data_dir) / type_name / "train.jsonl"
@@ -161,8 +174,6 @@ def resolve_mcq_scoring(args: argparse.Namespace, run: RunConfig) -> str:
 def score_items(model, tokenizer, items: Sequence[dict], batch_size: int, scoring: str = "letter") -> list[dict]:
     """Letter- or cloze-mode predictions of ``items``, in item order. Under a multi-process launch each
     rank scores every N-th item (rank r: items r, r+N, ...) and every rank gets all the predictions."""
-    from script.evaluation import score_mcq_cloze_mode, score_mcq_letter_mode
-
     scorer = score_mcq_cloze_mode if scoring == "cloze" else score_mcq_letter_mode
     items = list(items)
     world = world_size()
@@ -178,8 +189,6 @@ def score_items(model, tokenizer, items: Sequence[dict], batch_size: int, scorin
 def make_steering_evaluator(tokenizer, items: Sequence[dict], batch_size: int, scoring: str = "letter") -> Evaluator:
     """``evaluate(model)``: accuracy in percent (letter or cloze mode) with per-item predictions (for
     failure tracking). Every rank must call it; all get rank 0's result, so all take the same decisions."""
-    from script.evaluation import mcq_accuracy
-
     items = list(items)
 
     def evaluate(model) -> dict:
@@ -199,8 +208,6 @@ def evaluate_report_sets(model, tokenizer, batch_size: int, sets_dir: Path, name
                          steer_on: str, scoring: str = "letter") -> dict:
     """Score the test sets once, for the report only (every rank scores its share). A missing set
     file is recorded, not an error."""
-    from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set
-
     results: dict[str, dict] = {}
     for name in names:
         key = Path(SET_ALIASES[name]).stem
@@ -276,8 +283,6 @@ class Scoreboard:
         self.last_correct: dict[str, bool] = {}
 
     def record(self, engine, result: dict, **fields) -> dict:
-        from script.controls import paired_change
-
         entry = {**fields, "step": engine.global_step, "accuracy": float(result["accuracy"]),
                  **{k: result[k] for k in ("correct", "total", "chance") if k in result}}
         correct = {str(p["id"]): bool(p["correct"]) for p in result.get("predictions", [])}
@@ -314,8 +319,6 @@ class Scoreboard:
 
     def noise_floor(self) -> dict:
         """What the steering set can tell apart (controls.noise_floor at the starting accuracy)."""
-        from script.controls import noise_floor
-
         first = self.history[0] if self.history else {}
         return noise_floor(int(first.get("total") or len(self.initial_correct)), first.get("accuracy"))
 
@@ -480,8 +483,6 @@ class RoundTrainer:
         n_steps = min(n_steps, self.steps_left)
         if n_steps <= 0:
             return None
-        from script.training_data import to_sft_dataset
-        from script.training_utils import build_trainer
 
         start = self.global_step
         records = self.take(type_name, n_steps * self.records_per_step)
@@ -575,8 +576,6 @@ class RoundTrainer:
         Every rank calls it; rank 0 writes (``self.model`` is the plain PEFT model, never the DDP
         wrapper of a round) and the others wait until the directory is there.
         """
-        from script.model_loading import write_adapter_chain
-
         def write(tmp: Path) -> None:
             self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
@@ -651,8 +650,6 @@ class RoundTrainer:
 def build_engine(run: RunConfig, type_records: dict[str, list[dict]], total_steps: int,
                  schedule: tuple[str | None, int | None] = (None, None)) -> RoundTrainer:
     """Base model (+ adapter from --base-model) with LoRA, wrapped in a RoundTrainer."""
-    from script.training_utils import attach_lora, load_model_and_tokenizer
-
     model, tokenizer = load_model_and_tokenizer(run)
     model = attach_lora(model, run)
     return RoundTrainer(run, model, tokenizer, type_records, total_steps, schedule)
@@ -720,8 +717,6 @@ def worker_result(engine: RoundTrainer) -> dict:
 
 def finish(run: RunConfig, engine: RoundTrainer, board: Scoreboard, args: argparse.Namespace) -> dict:
     """``final/`` = the best adapter by steering accuracy; then the report-only test-set scores."""
-    from script.training_utils import save_final
-
     # Every rank loads the best weights (rank 0 wrote them before a barrier): all score the report sets.
     if board.best_dir is not None and (board.best_dir / "adapter_config.json").is_file():
         engine.load_adapter_weights(board.best_dir)
@@ -743,9 +738,6 @@ def run_type_policy(args: argparse.Namespace, stage: str, script: str, make_poli
 
     The LR is constant after a short warmup, so gains of early and late rounds are measured alike.
     """
-    from script.launch import init_distributed
-    from script.training_utils import start_run
-
     check_launch()
     run = start_run(args, stage=stage, script=script)
     init_distributed(run)
@@ -792,10 +784,6 @@ def steering_summary(steering: dict, board: Scoreboard) -> dict:
 def training_info(run: RunConfig, engine: RoundTrainer, board: Scoreboard, steering: dict, outcome: dict,
                   extra: dict) -> dict:
     """training_info.json + README.md in the output dir, in the layout of the type trainers."""
-    from script.hardware import peak_memory_bytes
-    from script.training_data import describe_data_file
-    from script.training_utils import write_training_info
-
     metrics = {"steer_accuracy_initial": board.initial, "steer_accuracy_best": board.best["accuracy"],
                "steer_accuracy_last": board.last, "best_step": board.best["step"], "global_step": engine.global_step,
                "rounds": len(engine.rounds), "peak_memory_bytes": peak_memory_bytes(run.device)}

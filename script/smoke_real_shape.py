@@ -36,10 +36,14 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from script import formats, make_real_shape_model
+from script import formats, make_real_shape_model, merge_and_export
 from script.check_gpu_memory import KNOWN_ARCHITECTURES
 from script.cli import setup_logging
 from script.data_io import atomic_write_json, atomic_write_jsonl
+from script.evaluation import PROMPT_TRAIN02, read_items_file, score_mcq_cloze_mode, score_mcq_letter_mode
+from script.hardware import resolve_device
+from script.model_loading import load_model_for_eval
+from script.train import train_02_kor_med_test
 from script.training_config import LOG_DIR, MODEL_DIR, SAMPLE_DATA_DIR
 
 logger = logging.getLogger("smoke_real_shape")
@@ -109,8 +113,6 @@ def run_step(steps: list[dict], name: str, device: str, work: Callable[[], dict 
 # The run
 # ---------------------------------------------------------------------------
 def sample_items(split: str, n: int | None) -> list[dict]:
-    from script.evaluation import read_items_file
-
     items = read_items_file(KORMEDMCQA_SAMPLE / f"{split}.jsonl").items
     return items[:n] if n else items
 
@@ -138,11 +140,6 @@ def adapter_checks(final: Path) -> dict:
 def smoke(args: argparse.Namespace) -> dict:
     import torch
 
-    from script import merge_and_export
-    from script.evaluation import PROMPT_TRAIN02, score_mcq_cloze_mode, score_mcq_letter_mode
-    from script.hardware import resolve_device
-    from script.model_loading import load_model_for_eval
-    from script.train import train_02_kor_med_test
 
     device = resolve_device(args.device)
     work = args.work_dir

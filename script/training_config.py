@@ -4,7 +4,6 @@ Scripts look a model up once with ``get_model_config(name)``; command-line flags
 returned values and ``training_utils.write_training_info`` records what actually ran.
 
     python -m script.training_config            # print the registry
-    python -m script.training_config --shell-settings tiny   # the pipeline's settings of one model
 """
 
 from __future__ import annotations
@@ -12,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,7 +63,7 @@ class ModelConfig:
     # below a billion parameters stay at chance in letter form whatever they know, so the embedded
     # tiny model is judged in cloze form, and its train_02 adds cloze-form records (--answer-text).
     mcq_scoring: str = "letter"
-    # What script/run_full_pipeline.sh does differently per model (read through pipeline_settings):
+    # What the pipeline does differently per model (script/pipeline_stages.py reads these):
     embedded: bool = False  # built here and trained offline on the shipped sample mirror; strict leakage probe
     pipeline_epochs: tuple[int, int, int] = (1, 3, 5)  # train_00 / 01 / 02 defaults: the guide's MedGemma run
     eval_max_new_tokens: int | None = None  # reasoning budget of the pipeline's KorMedMCQA evaluations (None: default)
@@ -209,27 +206,7 @@ def stage_output_dir(stage: str, model_name: str) -> Path:
     return MODEL_DIR / stage / model_name
 
 
-def pipeline_settings(name: str) -> dict[str, str]:
-    """The registry entry's pipeline settings as shell variables (run_full_pipeline.sh evals them)."""
-    config = get_model_config(name)
-    epochs = dict(zip(("DEFAULT_EPOCHS_00", "DEFAULT_EPOCHS_01", "DEFAULT_EPOCHS_02"), map(str, config.pipeline_epochs)))
-    return {"EMBEDDED": "1" if config.embedded else "0", **epochs, "MCQ_SCORING": config.mcq_scoring,
-            "EVAL_MAX_NEW_TOKENS": "" if config.eval_max_new_tokens is None else str(config.eval_max_new_tokens)}
-
-
-def _print_shell_settings(name: str) -> int:
-    try:
-        settings = pipeline_settings(name)
-    except UnknownModelError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 2
-    print("\n".join(f"{key}={shlex.quote(value)}" for key, value in settings.items()))
-    return 0
-
-
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--shell-settings"] and len(sys.argv) == 3:  # run_full_pipeline.sh
-        raise SystemExit(_print_shell_settings(sys.argv[2]))
     print(
         json.dumps(
             {

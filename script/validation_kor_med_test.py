@@ -87,16 +87,21 @@ from script.evaluation import (
     PROMPT_TYPE3,
     PROMPT_TYPE4,
     EvalSet,
+    generate_mcq_answers,
     mcq_accuracy,
     read_eval_set,
     read_items_file,
     read_kmmlu,
     read_kormedmcqa_split,
     render_mcq_prompt,
+    score_mcq_cloze_mode,
+    score_mcq_letter_mode,
+    score_mcq_verdicts,
     select_eval_subset,
 )
-from script.model_loading import add_pickle_weights_flag
-from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR
+from script.model_loading import add_pickle_weights_flag, load_model_for_eval
+from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR, ConfigError, UnknownModelError
+from script.training_utils import git_sha, library_versions
 
 logger = logging.getLogger("validation_kor_med_test")
 
@@ -220,8 +225,6 @@ def item_row(item: dict, prediction: dict, control: dict | None = None, control_
 def build_report(args: argparse.Namespace, evalset: EvalSet, items: list[dict], predictions: list[dict],
                  model_info: dict, prompt_example: str, timing: dict,
                  control_items: list[dict] | None = None, control_predictions: list[dict] | None = None) -> dict:
-    from script.training_utils import git_sha, library_versions
-
     summary = mcq_accuracy(items, predictions)
     block = controls.controls_block(items, predictions, control_predictions, args.control, args.seed)
     if control_predictions is not None:
@@ -370,13 +373,6 @@ def plot_report(report: dict, path: Path) -> Path:
 # Main
 # ---------------------------------------------------------------------------
 def score(args: argparse.Namespace, loaded, items: list[dict]) -> list[dict]:
-    from script.evaluation import (
-        generate_mcq_answers,
-        score_mcq_cloze_mode,
-        score_mcq_letter_mode,
-        score_mcq_verdicts,
-    )
-
     if args.mode == "cloze":
         return score_mcq_cloze_mode(loaded.model, loaded.tokenizer, items, args.batch_size, args.progress)
     if args.mode == "verdict":
@@ -408,8 +404,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: no usable item in {evalset.source}", file=sys.stderr)
         return 1
 
-    from script.model_loading import load_model_for_eval
-    from script.training_config import ConfigError, UnknownModelError
 
     started = time.perf_counter()
     try:

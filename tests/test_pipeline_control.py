@@ -193,12 +193,45 @@ def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_pat
     assert strict["leakage_probe"].endswith("--strict")
 
 
-def test_per_model_settings_live_in_the_registry_not_in_shell_case_blocks():
-    from script.training_config import pipeline_settings
+def test_per_model_settings_live_in_the_registry_not_in_shell_case_blocks(tmp_path, monkeypatch):
+    """The stage table reads the registry: a model's entry changes its stages, its name does not."""
+    import dataclasses
 
-    assert pipeline_settings("tiny") == {"EMBEDDED": "1", "DEFAULT_EPOCHS_00": "2", "DEFAULT_EPOCHS_01": "2",
-                                         "DEFAULT_EPOCHS_02": "2", "MCQ_SCORING": "cloze", "EVAL_MAX_NEW_TOKENS": "96"}
-    assert pipeline_settings("medgemma-27b")["DEFAULT_EPOCHS_02"] == "5"
+    from script import training_config
+    from script.pipeline_stages import PipelineOptions, pipeline_stages
+
+    def commands(model: str) -> dict[str, str]:
+        return {s.name: s.command for s in pipeline_stages(PipelineOptions(model, python="py"), home=tmp_path)}
+
+    tiny = commands("tiny")
+    assert "--epochs 2 " in tiny["train_00"] and "tiny_model" in tiny and "evaluate_base_cloze" in tiny
+    monkeypatch.setitem(training_config.MODEL_CONFIGS, "tiny", dataclasses.replace(
+        training_config.MODEL_CONFIGS["tiny"], pipeline_epochs=(7, 8, 9), mcq_scoring="letter", eval_max_new_tokens=None))
+    changed = commands("tiny")
+    assert "--epochs 7 " in changed["train_00"] and "--epochs 9 " in changed["train_02"]
+    assert "evaluate_base_cloze" not in changed and "--max-new-tokens" not in changed["evaluate_final"]
     for script in SCRIPT.parent.glob("*.sh"):
         text = script.read_text(encoding="utf-8")
         assert not re.search(r"tiny\|tiny-\*|medgemma-[0-9]+b\)", text), f"{script.name}: a case on model names"
+
+
+def test_a_stage_is_done_when_its_output_is_newer_than_what_it_measured(tmp_path):
+    from script.pipeline_stages import Stage
+
+    trained, report = tmp_path / "training_info.json", tmp_path / "report.json"
+    stage = Stage("evaluate_final", "script/validation_kor_med_test.py", "true", report, trained)
+    assert not stage.done()  # nothing written yet
+    trained.write_text("{}")
+    report.write_text("{}")
+    os.utime(trained, (1_000, 1_000))
+    os.utime(report, (2_000, 2_000))
+    assert stage.done()
+    os.utime(trained, (3_000, 3_000))  # the model retrained after it was scored
+    assert not stage.done()
+    assert not Stage("refine", "refine_scripts/refine_4types.py", "true").done()  # no output: always reruns
+
+
+def test_an_unknown_launch_config_is_refused_before_any_stage(tmp_path):
+    refused = run_dry(tmp_path, "tiny", "--launch", "nonesuch")
+    assert refused.returncode == 2 and "--launch nonesuch" in refused.stderr and "ddp" in refused.stderr
+    assert not [line for line in refused.stdout.splitlines() if line.startswith("[")]
