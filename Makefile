@@ -27,7 +27,7 @@ $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
 
 tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
-	$(PY) -m script.make_tiny_model
+	$(PY) -m script.embedded.make_tiny_model
 
 data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items
 	PYTHON=$(PY) bash $(PIPELINE) --data-only
@@ -80,16 +80,16 @@ test-reliability: setup  ## fault injection + bad-input fuzzing (all cases, ~7 m
 bench: bench-train bench-data bench-eval bench-divisions  ## every benchmark; each prints one JSON object
 
 bench-train: setup  ## training tokens/s: the guide's padding, TRL defaults, this toolkit (same model, data, losses)
-	HF_HUB_OFFLINE=1 $(PY) -m script.bench_train --model $(MODEL) $(if $(STEPS),--steps $(STEPS))
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench.bench_train --model $(MODEL) $(if $(STEPS),--steps $(STEPS))
 
 bench-data: setup  ## refine + verify + exclusion at the guide's scale (~184K records), plain-text memory
-	$(PY) -m script.bench_data
+	$(PY) -m script.bench.bench_data
 
 bench-eval: setup  ## KorMedMCQA scoring: per-question generate vs batched letter mode
-	HF_HUB_OFFLINE=1 $(PY) -m script.bench_eval
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench.bench_eval
 
 bench-divisions: setup  ## division annotation: lexical vs model stage vs generate-and-parse (UNKNOWN %, accuracy, samples/s)
-	HF_HUB_OFFLINE=1 $(PY) -m script.bench_divisions --model $(MODEL)
+	HF_HUB_OFFLINE=1 $(PY) -m script.bench.bench_divisions --model $(MODEL)
 
 divisions: setup  ## Phase 5: annotate divisions, validate/fix, check, organize, train MODEL with per-division reports
 	HF_HUB_OFFLINE=1 PYTHON=$(PY) bash phase5_subject_training/scripts/run_division_pipeline.sh --model $(MODEL)

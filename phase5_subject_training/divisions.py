@@ -70,14 +70,14 @@ from script.data_io import (
 )
 from script.evaluation import batch_starts, left_padded_batch, score_mcq_letter_mode, tokenize_for_completion
 from script.model_loading import load_model_for_eval
-from script.training_config import DATA_DIR, DEFAULT_MODEL, HOME
+from script.training_config import DATA_DIR, DEFAULT_MODEL, DIVISIONS_MODEL_DIR
 
 logger = logging.getLogger(__name__)
 
 TAXONOMY_PATH = Path(__file__).resolve().parent / "med_division.json"  # read from the checkout, like data/sample
 DIVISION_DIR = DATA_DIR / "division"  # the guide's first layout: annotate -> validate -> train per type
 DIVISION_ADDED_DIR = DATA_DIR / "division_added"  # the guide's second layout: type folders + division folders
-MODELS_DIR = HOME / "phase5_subject_training" / "models"
+MODELS_DIR = DIVISIONS_MODEL_DIR  # generated models live under model/, never in the source tree
 GENERAL = "GENERAL"
 UNKNOWN = "UNKNOWN"
 SPECIAL_IDS = (GENERAL, UNKNOWN)

@@ -182,7 +182,7 @@ def resolve_architecture(path: str) -> Architecture:
         return KNOWN_ARCHITECTURES[path]
     raise UnknownArchitectureError(
         f"{path}: no config.json there and not one of the known checkpoints ({', '.join(KNOWN_ARCHITECTURES)}); "
-        "build or download the model first (tiny: python -m script.make_tiny_model)")
+        "build or download the model first (tiny: python -m script.embedded.make_tiny_model)")
 
 
 # ---------------------------------------------------------------------------

@@ -50,17 +50,14 @@ import yaml
 from script import formats
 from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_json, atomic_write_jsonl, atomic_write_text
-from script.evaluation import (
+from script.eval_items import DEFAULT_SUBSET_SEED, item_letters, load_eval_items
+from script.evaluation import generate_mcq_answers, score_mcq_letter_mode
+from script.mcq_prompts import (
     DEFAULT_MAX_NEW_TOKENS,
-    DEFAULT_SUBSET_SEED,
     LM_EVAL_STOP_STRINGS,
     PROMPT_LM_EVAL,
     PROMPT_TYPE3,
-    generate_mcq_answers,
-    item_letters,
-    load_eval_items,
     mcq_prompt_messages,
-    score_mcq_letter_mode,
 )
 from script.model_loading import add_pickle_weights_flag, load_model_for_eval
 from script.training_config import DEFAULT_MODEL, LOG_DIR, PROJECT_ROOT, ConfigError

@@ -65,7 +65,7 @@ from script import controls, report_sources, validation_kor_med_test
 from script.data_io import DataError, atomic_write_dir, atomic_write_json, atomic_write_text
 from script.report_comparison import _ci, _p, _pct, compare, load_report, markdown
 from script.report_sources import WEAK_DIVISION_ACCURACY, Sources
-from script.training_config import DEFAULT_MODEL, HOME, LOG_DIR, MODEL_DIR
+from script.training_config import DEFAULT_MODEL, DIVISIONS_MODEL_DIR, LOG_DIR, MODEL_DIR
 from script.training_utils import git_sha
 
 # ===========================================================================
@@ -487,7 +487,7 @@ def write_report(report: dict, sections: Mapping[str, dict], output: Path) -> Pa
 
 def report_main(args: argparse.Namespace) -> int:
     src = Sources(args.model, args.model_dir.resolve(), args.logs_dir.resolve(),
-                  phase5_dir=(args.divisions_dir or HOME / "phase5_subject_training" / "models").resolve())
+                  phase5_dir=(args.divisions_dir or DIVISIONS_MODEL_DIR).resolve())
     evaluations = run_missing_evaluations(src, args) if args.run_evals else []
     report, sections = build_report(src, evaluations)
     output = args.output or src.logs_dir / f"report_{src.model}"
@@ -518,7 +518,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     report.add_argument("--logs-dir", type=Path, default=LOG_DIR,
                         help="where the evaluation reports are (default: %(default)s)")
     report.add_argument("--divisions-dir", type=Path, default=None,
-                        help="also searched for division_report.json (default: phase5_subject_training/models, "
+                        help="also searched for division_report.json (default: model/divisions, "
                              "train_with_divisions.py's output)")
     report.add_argument("--run-evals", action="store_true",
                         help="first run the missing KorMedMCQA/KMMLU evaluations of the base model and the final "

@@ -4,9 +4,9 @@
     python -m script.gpu_check --dry-run        # the same steps and JSON on this CPU, tiny shapes
 
 On CUDA it builds the random-initialised model of google/medgemma-4b-it's full published shape
-(``script/make_real_shape_model.py`` with all 34 decoder and 27 vision layers, on the GPU, bf16; no
+(``script/embedded/make_real_shape_model.py`` with all 34 decoder and 27 vision layers, on the GPU, bf16; no
 download) and measures, with the registry's medgemma-4b settings and the guide's hyperparameters
-(micro-batch 4 × accumulation 4, length 512; ``script/bench_train.py``, one process per run):
+(micro-batch 4 × accumulation 4, length 512; ``script/bench/bench_train.py``, one process per run):
 
 - LoRA training tokens/s of the toolkit's default trainer (``b_toolkit``) against TRL's defaults
   (``a2_trl_default``), with the base in bf16 and in 8-bit (bitsandbytes), and their losses;
@@ -30,11 +30,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from script import bench_train, make_real_shape_model, make_tiny_model
+from script.bench import bench_train
 from script.check_gpu_memory import estimate_training_memory
 from script.cli import setup_logging
 from script.data_io import atomic_write_json
-from script.evaluation import read_items_file, score_mcq_letter_mode
+from script.embedded import make_real_shape_model, make_tiny_model
+from script.eval_items import read_items_file
+from script.evaluation import score_mcq_letter_mode
 from script.model_loading import load_model_for_eval
 from script.training_config import (
     CLEAN_DIR,

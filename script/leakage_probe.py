@@ -20,7 +20,7 @@ The first should not beat the second by more than noise: their paired difference
 items sharing their right answer's text, script/controls.py) is ``excess``. ``--strict`` exits 1
 when the excess of a set is above ``--max-excess`` points (default 5): the evaluation then
 measures recall of training twins, and no accuracy on it can be trusted. The embedded sample world
-holds its evaluation conditions out of every MCQ training source (script/sample_knowledge.py), so
+holds its evaluation conditions out of every MCQ training source (script/embedded/sample_knowledge.py), so
 the pipeline runs this with ``--strict`` for the tiny model.
 
 Training questions are the records of ``--train`` (files or directories of JSONL; default every
@@ -50,7 +50,7 @@ from pathlib import Path
 from script import controls
 from script.cli import setup_logging
 from script.data_io import DataError, atomic_write_json, iter_jsonl
-from script.evaluation import EvalSet, item_letters, read_eval_set
+from script.eval_items import EvalSet, item_letters, read_eval_set
 from script.formats import OPTION_LETTERS
 from script.kormedmcqa import mask_demographics, normalise_text, record_gold, record_question
 from script.training_config import CLEAN_DIR, KORMEDMCQA_TEST_DIR

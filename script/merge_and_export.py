@@ -62,7 +62,8 @@ from pathlib import Path
 from script import formats
 from script.cli import setup_logging
 from script.data_io import atomic_write_dir
-from script.evaluation import load_eval_items, render_mcq_prompt
+from script.eval_items import load_eval_items
+from script.mcq_prompts import render_mcq_prompt
 from script.model_card import render_card
 from script.model_loading import add_pickle_weights_flag, load_base_model, load_model_for_eval
 from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, MODEL_DIR, ConfigError

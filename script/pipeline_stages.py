@@ -147,7 +147,7 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
 
     # ---- data ----
     if not options.data_only and config.embedded:
-        add("tiny_model", "script/make_tiny_model.py", f"{py} -m script.make_tiny_model")
+        add("tiny_model", "script/embedded/make_tiny_model.py", f"{py} -m script.embedded.make_tiny_model")
     download = (f" --local-dir {shlex.quote(str(options.dict_dir.resolve()))}" if options.dict_dir else "") + \
         (" --strict" if options.strict else "")  # --strict: a failed optional source stops the run too
     from_dir = f" --from-dir {shlex.quote(str(root / 'data' / 'sample'))}" if offline else ""

@@ -15,7 +15,7 @@ Sections and where they come from (``<logs>`` = logs/, ``<models>`` = model/, ``
 * ``type_metrics`` the guide's target per type (perplexity < 3 for types 1/2, accuracy >= 90 % for
                   type 3, type-4 score >= 1.2) from the type trainers' training_info.json;
 * ``divisions``   every division_report.json of M written by phase5_subject_training/scripts/
-                  train_with_divisions.py (under <models>/ or phase5_subject_training/models/, where
+                  train_with_divisions.py (under <models>/ or model/divisions/, where
                   the training_info.json beside it names M) and the per-division table of the
                   KorMedMCQA/KMMLU reports;
 * ``loops``       <models>/loop_training/M/loop_history.json (train_loop_until_90) and
@@ -78,7 +78,7 @@ class Sources:
     model: str
     model_dir: Path
     logs_dir: Path
-    phase5_dir: Path | None = None  # phase5_subject_training/models/ (train_with_divisions.py's default output)
+    phase5_dir: Path | None = None  # model/divisions/ (train_with_divisions.py's default output)
 
     def stage_dir(self, stage: str) -> Path:
         return self.model_dir / stage / self.model
@@ -368,7 +368,7 @@ def division_rows(data: Any) -> list[dict]:
 
 
 def division_report_files(src: Sources) -> list[Path]:
-    """Every division_report.json of the model: under <models>/ and phase5_subject_training/models/,
+    """Every division_report.json of the model: under <models>/ and model/divisions/,
     where the run record beside it names the model (or, without one, a path part does)."""
     found = []
     for root in (src.model_dir, src.phase5_dir):

@@ -58,7 +58,8 @@ from script.data_io import (
     recover_dir,
     sha256_file,
 )
-from script.evaluation import SET_ALIASES, mcq_accuracy, read_eval_set, score_mcq_cloze_mode, score_mcq_letter_mode
+from script.eval_items import SET_ALIASES, read_eval_set
+from script.evaluation import mcq_accuracy, score_mcq_cloze_mode, score_mcq_letter_mode
 from script.hardware import peak_memory_bytes
 from script.launch import (
     all_gather_objects,

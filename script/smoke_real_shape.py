@@ -4,7 +4,7 @@
     python -m script.smoke_real_shape --layers 2 --items 8 --device cuda
 
 Tiny is small in every direction; MedGemma is not. This runs the random-initialised model of
-``script/make_real_shape_model.py`` (google/medgemma-4b-it's class, width, heads and 262,208-row
+``script/embedded/make_real_shape_model.py`` (google/medgemma-4b-it's class, width, heads and 262,208-row
 vocabulary, few layers) through the toolkit's own entry points, with the registry's medgemma-4b
 settings (LoRA r64/α128 on the seven projections, gradient checkpointing):
 
@@ -36,12 +36,15 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from script import formats, make_real_shape_model, merge_and_export
+from script import formats, merge_and_export
 from script.check_gpu_memory import KNOWN_ARCHITECTURES
 from script.cli import setup_logging
 from script.data_io import atomic_write_json, atomic_write_jsonl
-from script.evaluation import PROMPT_TRAIN02, read_items_file, score_mcq_cloze_mode, score_mcq_letter_mode
+from script.embedded import make_real_shape_model
+from script.eval_items import read_items_file
+from script.evaluation import score_mcq_cloze_mode, score_mcq_letter_mode
 from script.hardware import resolve_device
+from script.mcq_prompts import PROMPT_TRAIN02
 from script.model_loading import load_model_for_eval
 from script.train import train_02_kor_med_test
 from script.training_config import LOG_DIR, MODEL_DIR, SAMPLE_DATA_DIR

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 
 from script.data_io import sha256_file
-from script.evaluation import SET_ALIASES, load_eval_items, resolve_set_path
+from script.eval_items import SET_ALIASES, load_eval_items, resolve_set_path
 from script.training_config import KORMEDMCQA_TEST_DIR, ConfigError
 
 logger = logging.getLogger(__name__)

@@ -27,6 +27,7 @@ REFINED_DIR = DATA_DIR / "refined"  # refine_4types.py: refined/<type>/{train,va
 CLEAN_DIR = DATA_DIR / "refined_clean"  # exclude_test_from_training.py: refined minus evaluation items
 KORMEDMCQA_TEST_DIR = DATA_DIR / "kormedmcqa_test"  # extract_kormedmcqa_test.py: all_test.jsonl
 MODEL_DIR = HOME / "model"
+DIVISIONS_MODEL_DIR = MODEL_DIR / "divisions"  # train_with_divisions.py: divisions/<set>/
 LOG_DIR = HOME / "logs"
 TENSORBOARD_DIR = LOG_DIR / "tensorboard"
 
@@ -101,7 +102,7 @@ class MemoryConfig:
 
 MODEL_CONFIGS: dict[str, ModelConfig] = {
     # Embedded default: a few-million-parameter Gemma-3 text model with a Korean tokenizer, built
-    # locally by script/make_tiny_model.py. Larger lr because it starts from random weights.
+    # locally by script/embedded/make_tiny_model.py. Larger lr because it starts from random weights.
     "tiny": ModelConfig(
         name="tiny",
         path=str(TINY_MODEL_DIR),
@@ -112,7 +113,7 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         lr=2e-3,
         max_length=256,
         lora_dropout=0.0,
-        build_command="python -m script.make_tiny_model",
+        build_command="python -m script.embedded.make_tiny_model",
         embedded=True,
         # More passes over the small sample than MedGemma's 1/3/5 need, still a few minutes on 2 cores. A
         # third train_02 epoch was once chosen on the 604 set; nothing on the steering set supports it.

@@ -79,25 +79,29 @@ from pathlib import Path
 from script import controls, formats, model_card
 from script.cli import setup_logging
 from script.data_io import DataError, atomic_open, atomic_write_json
-from script.evaluation import (
-    DEFAULT_MAX_NEW_TOKENS,
+from script.eval_items import (
     DEFAULT_SUBSET_SEED,
-    PROMPT_STYLES,
-    PROMPT_TRAIN02,
-    PROMPT_TYPE3,
-    PROMPT_TYPE4,
     EvalSet,
-    generate_mcq_answers,
-    mcq_accuracy,
     read_eval_set,
     read_items_file,
     read_kmmlu,
     read_kormedmcqa_split,
-    render_mcq_prompt,
+    select_eval_subset,
+)
+from script.evaluation import (
+    generate_mcq_answers,
+    mcq_accuracy,
     score_mcq_cloze_mode,
     score_mcq_letter_mode,
     score_mcq_verdicts,
-    select_eval_subset,
+)
+from script.mcq_prompts import (
+    DEFAULT_MAX_NEW_TOKENS,
+    PROMPT_STYLES,
+    PROMPT_TRAIN02,
+    PROMPT_TYPE3,
+    PROMPT_TYPE4,
+    render_mcq_prompt,
 )
 from script.model_loading import add_pickle_weights_flag, load_model_for_eval
 from script.training_config import DEFAULT_MODEL, KORMEDMCQA_TEST_DIR, LOG_DIR, RAW_DIR, ConfigError, UnknownModelError

@@ -23,7 +23,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def tiny_models() -> dict[str, Path]:
     """Build tiny and tiny-mm into the test home (a few seconds) and return their dirs."""
-    from script import make_tiny_model
+    from script.embedded import make_tiny_model
     from script.training_config import SAMPLE_DATA_DIR, TINY_MM_MODEL_DIR, TINY_MODEL_DIR
 
     make_tiny_model.build(TINY_MODEL_DIR, TINY_MM_MODEL_DIR, SAMPLE_DATA_DIR)

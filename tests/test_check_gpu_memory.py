@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from script import check_gpu_memory as cgm
-from script import make_tiny_model
 from script.check_gpu_memory import GIB, estimate_training_memory
+from script.embedded import make_tiny_model
 
 
 def test_estimate_grows_with_batch_and_length():
@@ -50,8 +50,13 @@ def test_published_architectures_give_the_published_parameter_counts():
 def test_config_arithmetic_matches_real_models_and_peft(tmp_path):
     """Parameter and LoRA counts from config.json equal what transformers and PEFT build from it."""
     from peft import get_peft_model
-    from transformers import (Gemma3Config, Gemma3ForCausalLM, Gemma3ForConditionalGeneration, Gemma3TextConfig,
-                              SiglipVisionConfig)
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForCausalLM,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        SiglipVisionConfig,
+    )
 
     from script.training_utils import create_lora_config
 

@@ -21,7 +21,8 @@ from script.data_io import DataError
 from script.training_config import ConfigError, UnknownModelError
 from tests.conftest import REPO_ROOT
 
-SCRIPT_DIRS = ("script", "script/train", "refine_scripts", "phase5_subject_training/scripts")
+SCRIPT_DIRS = ("script", "script/train", "script/bench", "script/embedded", "refine_scripts",
+               "phase5_subject_training/scripts")
 
 
 def os_error(number: int, filename: str | None = None, filename2: str | None = None) -> OSError:

@@ -505,8 +505,8 @@ def test_model_scorer_on_tiny_returns_valid_ids(tiny_models, taxonomy):
 # The benchmark's gold labels and baseline parser
 # ---------------------------------------------------------------------------
 def test_bench_gold_labels_and_baseline_parser(taxonomy):
-    from script.bench_divisions import GoldIndex, parse_generated_division
-    from script.sample_knowledge import CONDITIONS
+    from script.bench.bench_divisions import GoldIndex, parse_generated_division
+    from script.embedded.sample_knowledge import CONDITIONS
 
     gold = GoldIndex()
     records = asan_type1_records()  # one article per condition, in the table's order

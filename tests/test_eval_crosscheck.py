@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from script import eval_crosscheck as cc
+from script import eval_items, formats, mcq_prompts
 from script import evaluation as ev
-from script import formats
 from script.data_io import DataError, atomic_write_jsonl, read_jsonl
 from script.model_loading import load_model_for_eval
 from script.training_config import SAMPLE_DATA_DIR
@@ -31,7 +31,7 @@ def item(i=0, answer="B", letters="ABCDE"):
 
 @pytest.fixture(scope="module")
 def sample_items():
-    doctor = ev.read_items_file(KORMEDMCQA_SAMPLE / "doctor" / "test.jsonl")
+    doctor = eval_items.read_items_file(KORMEDMCQA_SAMPLE / "doctor" / "test.jsonl")
     assert not doctor.rejects
     return doctor.items[:8]
 
@@ -42,7 +42,7 @@ def sample_items():
 def test_rows_have_upstream_columns_and_our_type3_turn():
     row = cc.lm_eval_row(item(answer="D"))
     assert row["answer"] == 4 and row["choices"] == list("ABCDE") and row["E"] == "A형 간염"
-    assert row["user"] == ev.mcq_prompt_messages(item(), "type3")[-1]["content"]
+    assert row["user"] == mcq_prompts.mcq_prompt_messages(item(), "type3")[-1]["content"]
     assert row["user"].startswith("질문 0") and "\nA) 협심증\n" in row["user"]
     assert cc.type3_system_prompt([item(), item(1)]) == formats.SYSTEM_PROMPTS[formats.TYPE3_WORD]
     assert cc.lm_eval_row(item(letters="ABCD", answer="A"))["choices"] == list("ABCD")
@@ -194,7 +194,7 @@ def test_stop_strings_cut_like_the_harness():
 # ---------------------------------------------------------------------------
 def test_letter_mode_with_and_without_the_shared_prompt_cache_agree(tiny_models, sample_items, monkeypatch):
     loaded = load_model_for_eval(str(tiny_models["tiny"]), device="cpu")
-    encoded = [ev.encode_prompt(loaded.tokenizer, ev.render_mcq_prompt(loaded.tokenizer, i, "type3"), "type3")
+    encoded = [mcq_prompts.encode_prompt(loaded.tokenizer, mcq_prompts.render_mcq_prompt(loaded.tokenizer, i, "type3"), "type3")
                for i in sample_items]
     assert ev._shared_prefix_length(encoded) >= ev.MIN_SHARED_PREFIX  # so the cache is really used below
     cached = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, sample_items, batch_size=3)

@@ -11,8 +11,8 @@ import shutil
 import pytest
 import torch
 
+from script import eval_items, formats, mcq_prompts
 from script import evaluation as ev
-from script import formats
 from script.data_io import atomic_write_jsonl
 from script.model_loading import load_model_for_eval
 from script.training_config import SAMPLE_DATA_DIR
@@ -32,8 +32,8 @@ def loaded(tiny_models):
 @pytest.fixture(scope="module")
 def sample_items():
     """Upstream KorMedMCQA rows of two configs, normalised by the project's own loader."""
-    doctor = ev.read_items_file(KORMEDMCQA_SAMPLE / "doctor" / "test.jsonl")
-    nurse = ev.read_items_file(KORMEDMCQA_SAMPLE / "nurse" / "test.jsonl")
+    doctor = eval_items.read_items_file(KORMEDMCQA_SAMPLE / "doctor" / "test.jsonl")
+    nurse = eval_items.read_items_file(KORMEDMCQA_SAMPLE / "nurse" / "test.jsonl")
     assert not doctor.rejects and not nurse.rejects
     return doctor.items[:14] + nurse.items[:8]
 
@@ -60,21 +60,21 @@ def test_train02_letter_mode_reads_the_letter_after_the_models_own_reasoning(loa
     outputs = [{"text": "<reasoning>\nA) 협심증: 아님\n</reasoning>B 이후 텍스트", "new_tokens": 9, "stopped": True},
                {"text": "끝나지 않는 추론", "new_tokens": 5, "stopped": False}]
     monkeypatch.setattr(ev, "generate_texts", lambda *a, **k: outputs)
-    preds = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, batch_size=2, style=ev.PROMPT_TRAIN02)
+    preds = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, batch_size=2, style=mcq_prompts.PROMPT_TRAIN02)
     assert preds[0]["raw_output"] == "<reasoning>\nA) 협심증: 아님\n</reasoning>"
     assert preds[0]["reasoning_closed"] is True
     assert preds[1]["raw_output"] == "<reasoning>\n끝나지 않는 추론\n</reasoning>"
     assert preds[1]["reasoning_closed"] is False
     for item, pred in zip(items, preds):
-        text = ev.render_mcq_prompt(loaded.tokenizer, item, ev.PROMPT_TRAIN02) + pred["raw_output"]
+        text = mcq_prompts.render_mcq_prompt(loaded.tokenizer, item, mcq_prompts.PROMPT_TRAIN02) + pred["raw_output"]
         ids = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         letter_ids = ev.letter_token_ids(loaded.tokenizer, text)
         with torch.no_grad():
             logits = loaded.model(input_ids=torch.tensor([ids])).logits[0, -1].float()
-        expected = max(ev.item_letters(item), key=lambda letter: logits[letter_ids[letter]].item())
+        expected = max(eval_items.item_letters(item), key=lambda letter: logits[letter_ids[letter]].item())
         assert pred["prediction"] == expected
     with pytest.raises(ValueError, match="generate mode"):
-        ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, style=ev.PROMPT_TYPE4)
+        ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, style=mcq_prompts.PROMPT_TYPE4)
 
 
 def test_verdict_mode_reads_each_options_verdict_log_odds(loaded, sample_items):
@@ -84,9 +84,9 @@ def test_verdict_mode_reads_each_options_verdict_log_odds(loaded, sample_items):
     batched = ev.score_mcq_verdicts(loaded.model, loaded.tokenizer, items, batch_size=3)
     tok = loaded.tokenizer
     for item, pred in zip(items, batched):
-        prompt = ev.render_mcq_prompt(tok, item, ev.PROMPT_TRAIN02) + formats.MCQ_REASONING_START + "\n"
+        prompt = mcq_prompts.render_mcq_prompt(tok, item, mcq_prompts.PROMPT_TRAIN02) + formats.MCQ_REASONING_START + "\n"
         earlier = ""
-        for letter in ev.item_letters(item):
+        for letter in eval_items.item_letters(item):
             head = formats.mcq_verdict_head(letter, item["options"][letter])
             ids = tok(prompt + earlier + head, add_special_tokens=False)["input_ids"]
             yes, no = ev.verdict_token_ids(tok, head)
@@ -100,10 +100,10 @@ def test_verdict_mode_reads_each_options_verdict_log_odds(loaded, sample_items):
 def reference_letter_logprobs(model, tokenizer, item):
     """Slow reference: the whole prompt + letter as one unpadded sequence per option, no position
     ids, log P(letter | prompt) from the full-sequence logits; normalised over the options."""
-    prompt = formats.render_prompt(tokenizer, ev.mcq_messages(item))
+    prompt = formats.render_prompt(tokenizer, mcq_prompts.mcq_messages(item))
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     scores = {}
-    for letter in ev.item_letters(item):
+    for letter in eval_items.item_letters(item):
         ids = tokenizer(prompt + letter, add_special_tokens=False)["input_ids"]
         assert ids[: len(prompt_ids)] == prompt_ids and len(ids) > len(prompt_ids)
         with torch.no_grad():
@@ -125,7 +125,7 @@ def test_letter_mode_equals_unbatched_full_sequence_reference(loaded, sample_ite
 
 
 def test_batched_letter_mode_equals_batch_size_one(loaded, sample_items):
-    lengths = {len(formats.render_prompt(loaded.tokenizer, ev.mcq_messages(i))) for i in sample_items}
+    lengths = {len(formats.render_prompt(loaded.tokenizer, mcq_prompts.mcq_messages(i))) for i in sample_items}
     assert len(lengths) > 3  # rows really differ in length, so left padding is exercised
     one = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, sample_items, batch_size=1)
     many = ev.score_mcq_letter_mode(loaded.model, loaded.tokenizer, sample_items, batch_size=7)
@@ -382,7 +382,7 @@ def test_mcq_accuracy_chance_unparseable_subjects_and_divisions():
 
 def test_type3_accuracy_on_refined_records(loaded, sample_items):
     records = [{"id": f"r{i}", "source": "kormedmcqa", "type": formats.TYPE3_WORD,
-                "messages": ev.mcq_messages(item) + [{"role": "assistant", "content": item["answer"]}],
+                "messages": mcq_prompts.mcq_messages(item) + [{"role": "assistant", "content": item["answer"]}],
                 "question": item["question"], "options": item["options"], "answer": item["answer"]}
                for i, item in enumerate(sample_items[:8])]
     result = ev.type3_accuracy(loaded.model, loaded.tokenizer, records, batch_size=4)
@@ -413,7 +413,7 @@ def bad_rows_file(path):
 
 def test_bad_rows_are_skipped_with_path_line_and_reason(tmp_path):
     path = bad_rows_file(tmp_path / "items.jsonl")
-    evalset = ev.read_items_file(path)
+    evalset = eval_items.read_items_file(path)
     assert [item["id"] for item in evalset.items] == ["t/1", "kormedmcqa/doctor/items/2022-1-9"]
     assert evalset.items[1]["answer"] == "C"  # upstream 1-5 converted once, by KorMedMCQA's convention
     where = {r.line: r.reason for r in evalset.rejects}
@@ -428,7 +428,7 @@ def test_the_guides_refined_layout_with_letter_answers_is_read(tmp_path):
     rows = [{"id": "r1", "subject": "doctor", "question": "질문?", "A": "가", "B": "나", "C": "다", "D": "라",
              "E": "마", "answer": "D"},
             {"id": "r2", "question": "질문?", "A": "가", "B": "나", "C": "다", "D": "라", "E": "마", "answer": "F"}]
-    evalset = ev.read_items_file(write_lines(tmp_path / "train.jsonl", rows))
+    evalset = eval_items.read_items_file(write_lines(tmp_path / "train.jsonl", rows))
     assert [item["id"] for item in evalset.items] == ["r1"]
     assert evalset.items[0]["options"]["D"] == "라" and evalset.items[0]["answer"] == "D"
     assert len(evalset.rejects) == 1 and evalset.rejects[0].line == 2
@@ -444,39 +444,39 @@ def test_kmmlu_rows_use_their_own_answer_convention(tmp_path):
     with bad.open("a", encoding="utf-8") as handle:
         handle.write(json.dumps({"question": "다섯 번째?", "A": "a", "B": "b", "C": "c", "D": "d", "answer": 5,
                                  "Category": "Health", "Human Accuracy": 0.5}, ensure_ascii=False) + "\n")
-    evalset = ev.read_kmmlu(raw_dir=raw)
+    evalset = eval_items.read_kmmlu(raw_dir=raw)
     assert len(evalset.items) == 120 and len(evalset.rejects) == 1
     assert "KMMLU answers are 1-4" in evalset.rejects[0].reason
     assert all(set(item["options"]) == set("ABCD") and item["answer"] in "ABCD" for item in evalset.items)
     first = json.loads((KMMLU_SAMPLE / "Health" / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])
     assert evalset.items[0]["answer"] == "ABCD"[first["answer"] - 1]
-    assert ev.normalise_kmmlu_row({**first, "answer": 4}, "Health", "test", 0)["answer"] == "D"
+    assert eval_items.normalise_kmmlu_row({**first, "answer": 4}, "Health", "test", 0)["answer"] == "D"
 
 
 def test_seeded_subset_is_stable_nested_and_order_free(sample_items):
-    a = ev.select_eval_subset(sample_items, 10, seed=1)
-    assert [i["id"] for i in a] == [i["id"] for i in ev.select_eval_subset(list(reversed(sample_items)), 10, 1)[::-1]]
-    assert {i["id"] for i in ev.select_eval_subset(sample_items, 5, 1)} <= {i["id"] for i in a}
-    assert [i["id"] for i in a] != [i["id"] for i in ev.select_eval_subset(sample_items, 10, seed=2)]
-    assert ev.select_eval_subset(sample_items, None) == sample_items
+    a = eval_items.select_eval_subset(sample_items, 10, seed=1)
+    assert [i["id"] for i in a] == [i["id"] for i in eval_items.select_eval_subset(list(reversed(sample_items)), 10, 1)[::-1]]
+    assert {i["id"] for i in eval_items.select_eval_subset(sample_items, 5, 1)} <= {i["id"] for i in a}
+    assert [i["id"] for i in a] != [i["id"] for i in eval_items.select_eval_subset(sample_items, 10, seed=2)]
+    assert eval_items.select_eval_subset(sample_items, None) == sample_items
 
 
 def test_set_names_and_dev_split(tmp_path, sample_items):
     atomic_write_jsonl(tmp_path / "official_test.jsonl", sample_items)
-    assert len(ev.load_eval_items("test", sets_dir=tmp_path)) == len(sample_items)
-    assert len(ev.load_eval_items("test", n=5, sets_dir=tmp_path)) == 5
+    assert len(eval_items.load_eval_items("test", sets_dir=tmp_path)) == len(sample_items)
+    assert len(eval_items.load_eval_items("test", n=5, sets_dir=tmp_path)) == 5
     with pytest.raises(ev.DataError, match="extract_kormedmcqa_test"):
-        ev.load_eval_items("steer", sets_dir=tmp_path)
-    dev = ev.read_kormedmcqa_split("dev", raw_dir=KORMEDMCQA_SAMPLE)
+        eval_items.load_eval_items("steer", sets_dir=tmp_path)
+    dev = eval_items.read_kormedmcqa_split("dev", raw_dir=KORMEDMCQA_SAMPLE)
     assert {item["config"] for item in dev.items} == {"doctor", "nurse", "pharm", "dentist"}
     assert all(item["split"] == "dev" for item in dev.items) and len(dev.files) == 4
 
 
 def test_lm_eval_prompt_is_the_harness_template(tiny_tokenizer):
     item = good_item()
-    text = ev.render_mcq_prompt(tiny_tokenizer, item, "lm_eval")
+    text = mcq_prompts.render_mcq_prompt(tiny_tokenizer, item, "lm_eval")
     assert text == ("질문 0: 다음 중 옳은 것은?\nA. 협심증\nB. 급성 심근경색\nC. 폐렴\nD. 기흉\nE. A형 간염\n정답\uff1a")
-    ids = ev.encode_prompt(tiny_tokenizer, text, "lm_eval")
+    ids = mcq_prompts.encode_prompt(tiny_tokenizer, text, "lm_eval")
     assert ids[0] == tiny_tokenizer.bos_token_id and ids[1] != tiny_tokenizer.bos_token_id
 
 
@@ -484,7 +484,7 @@ def test_lm_eval_prompt_is_the_harness_template(tiny_tokenizer):
 # Generation
 # ---------------------------------------------------------------------------
 def test_batched_generation_equals_one_by_one(loaded, sample_items):
-    prompts = [ev.encode_prompt(loaded.tokenizer, ev.render_mcq_prompt(loaded.tokenizer, item, "type3"), "type3")
+    prompts = [mcq_prompts.encode_prompt(loaded.tokenizer, mcq_prompts.render_mcq_prompt(loaded.tokenizer, item, "type3"), "type3")
                for item in sample_items[:4]]
     one = [ev.generate_texts(loaded.model, loaded.tokenizer, [p], 6, batch_size=1)[0]["text"] for p in prompts]
     many = [out["text"] for out in ev.generate_texts(loaded.model, loaded.tokenizer, prompts, 6, batch_size=4)]
@@ -587,7 +587,7 @@ def test_cli_generate_mode_accounts_for_unparseable_outputs(tiny_models, tmp_pat
     assert not any(r["correct"] for r in unparseable)
     assert all(isinstance(r["raw_output"], str) for r in rows)
     assert all(r["prediction"] == ev.extract_answer(r["raw_output"], item["options"], "type4")
-               for r, item in zip(rows, ev.select_eval_subset(sample_items, 6)))
+               for r, item in zip(rows, eval_items.select_eval_subset(sample_items, 6)))
     assert f"unparseable: {len(unparseable)}/6" in capsys.readouterr().out
     assert formats.SYSTEM_PROMPTS["type4_word_reasoning"] in report["prompt"]["template"]
 

@@ -19,8 +19,8 @@ from script.data_io import DataError, read_jsonl, sha256_file
 from script.kormedmcqa import (
     AGE_MASK,
     MIN_NEAR_CHARS,
-    SEX_MASK,
     NEAR_THRESHOLD,
+    SEX_MASK,
     EvaluationIndex,
     ItemSource,
     answer_to_letter,

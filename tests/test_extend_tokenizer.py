@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from script import extend_tokenizer as et
-from script import formats, make_tiny_model
+from script import formats
 from script.data_io import atomic_write_jsonl
+from script.embedded import make_tiny_model
 from script.model_loading import load_base_model, load_tokenizer
 from script.training_config import LORA_TARGET_MODULES, SAMPLE_DATA_DIR
 from tests.sample_records import asan_type1_records

@@ -7,7 +7,7 @@ exactly what padded batching trains, and the training benchmark counts tokens ri
 import pytest
 import torch
 
-from script import bench_train
+from script.bench import bench_train
 from script.training_data import to_sft_dataset
 from script.training_utils import (
     add_compact_lm_head,

@@ -7,7 +7,7 @@ import pytest
 
 from script import leakage_probe
 from script.data_io import atomic_write_jsonl
-from script.evaluation import EvalSet
+from script.eval_items import EvalSet
 from script.training_config import SAMPLE_DATA_DIR
 
 OPTIONS = {"A": "폐렴", "B": "천식", "C": "결핵", "D": "기흉", "E": "폐색전증"}

@@ -59,7 +59,7 @@ def test_scoring_an_adapter_records_its_numbers_on_its_card(tiny_models, tmp_pat
 
     from script import validation_kor_med_test as cli
     from script.data_io import atomic_write_jsonl
-    from script.evaluation import read_items_file
+    from script.eval_items import read_items_file
     from script.model_loading import load_base_model
     from script.training_config import SAMPLE_DATA_DIR
 

@@ -189,7 +189,7 @@ def test_an_unreadable_source_is_flagged_and_fails_the_command(pipeline, tmp_pat
 
 def test_run_evals_writes_the_pipelines_evaluation_files(tiny_models, tmp_path):
     """--run-evals runs validation_kor_med_test.py (the real writer) for what is missing, then reports it."""
-    from script.evaluation import read_items_file
+    from script.eval_items import read_items_file
     from script.sources import KMMLU_MEDICAL_SUBJECTS
 
     models, logs = tmp_path / "model", tmp_path / "logs"

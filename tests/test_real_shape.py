@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from script import make_real_shape_model
+from script.embedded import make_real_shape_model
 from script.training_config import PROJECT_ROOT
 
 

@@ -19,8 +19,8 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 from datasets import load_dataset  # noqa: E402
 
-from script import make_sample_data  # noqa: E402
-from script.sample_knowledge import CONDITIONS, DIVISIONS, SPECIALTIES, Condition  # noqa: E402
+from script.embedded import make_sample_data  # noqa: E402
+from script.embedded.sample_knowledge import CONDITIONS, DIVISIONS, SPECIALTIES, Condition  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = REPO_ROOT / "data" / "sample"
@@ -305,7 +305,7 @@ def test_evaluation_knowledge_is_held_out_of_every_mcq_training_source() -> None
 def test_held_out_facts_are_in_the_text_sources() -> None:
     """What the evaluation asks about can be learnt from text: every fact of every held-out condition
     is in the plain-text corpora and in the medical dictionary."""
-    from script.sample_knowledge import GROUP_EVAL, GROUP_STEER, conditions_in
+    from script.embedded.sample_knowledge import GROUP_EVAL, GROUP_STEER, conditions_in
 
     plain = "\n".join(_source_text(h, ["text"]) for h in ["allenai/c4", "heegyu/namuwiki", "wikimedia/wikipedia"])
     dictionary = "\n".join(r["definition"] for r in
@@ -326,7 +326,7 @@ def test_generator_is_deterministic_and_data_is_current(tmp_path: Path) -> None:
     tracked = {p.relative_to(SAMPLE).as_posix(): p.read_bytes() for p in SAMPLE.rglob("*") if p.is_file()}
     assert sorted(generated) == sorted(tracked)
     stale = [rel for rel in generated if generated[rel] != tracked[rel]]
-    assert stale == [], "data/sample is stale: run python -m script.make_sample_data"
+    assert stale == [], "data/sample is stale: run python -m script.embedded.make_sample_data"
 
 
 def test_sample_size_is_small() -> None:

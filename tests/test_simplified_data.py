@@ -13,8 +13,9 @@ import pytest
 
 from refine_scripts import refine_dictionaries, refine_kor_med_test, refine_plain_text
 from refine_scripts.refine_plain_text import Filters, ShardWriter, SourceCounts, normalise_text, refine_rows
-from script import bench_data, download_all_datasets
+from script import download_all_datasets
 from script import validate_korean_proficiency as proficiency
+from script.bench import bench_data
 from script.data_io import read_jsonl
 from script.kormedmcqa import CONFIGS, EvaluationIndex, ItemSource, build_sets, dedupe_items
 from script.training_config import SAMPLE_DATA_DIR

@@ -8,8 +8,9 @@ import itertools
 import pytest
 import torch
 
-from script import formats, make_tiny_model
+from script import formats
 from script.data_io import sha256_file
+from script.embedded import make_tiny_model
 from script.model_loading import ensure_model_available, load_base_model
 from script.training_config import SAMPLE_DATA_DIR, ConfigError
 

@@ -12,10 +12,10 @@
 #   2 validate_divisions.py --fix   every annotated file, in place
 #   3 check_divisions.py --all      the quality report (stdout, <data dir>/division_check.json)
 #   4 organize_by_division.py       <data dir>/<division>/{train,validation}.jsonl, metadata.json, division_index.json
-#   5 train_with_divisions.py       on <data dir>/<train set>/ -> phase5_subject_training/models/<train set>/
+#   5 train_with_divisions.py       on <data dir>/<train set>/ -> model/divisions/<train set>/
 #                                   (division_report.json, division_report.png, final/, training_info.json)
 # With --per-type (the guide's first layout), per type T instead: annotate_divisions.py into
-# data/division/T/, validate_divisions.py --fix, train_with_divisions.py -> phase5_subject_training/models/T/.
+# data/division/T/, validate_divisions.py --fix, train_with_divisions.py -> model/divisions/T/.
 # Options:
 #   --model M            model to train (default: $MODEL or tiny); --device D, --epochs N, --lr X, --max-steps N
 #                        (tiny without --epochs/--max-steps trains 30 steps)
@@ -91,7 +91,7 @@ if [[ $per_type -eq 1 ]]; then
         done
         train "$division_dir/$type_name"
     done
-    echo "== division reports: phase5_subject_training/models/<type>/division_report.json (and .png)"
+    echo "== division reports: model/divisions/<type>/division_report.json (and .png)"
     exit 0
 fi
 

@@ -9,7 +9,7 @@
 # Per type T (data dir: data/division, under MEDGEMMA_KOREAN_HOME when set):
 #   annotate_divisions.py    data/refined_clean/T/{train,validation}.jsonl -> data/division/T/{train,validation}.jsonl
 #   validate_divisions.py    --fix, in place
-#   train_with_divisions.py  -> phase5_subject_training/models/T/ (final/, division_report.json, division_report.png)
+#   train_with_divisions.py  -> model/divisions/T/ (final/, division_report.json, division_report.png)
 # It is run_division_pipeline.sh --per-type; the options are that script's (--help lists them):
 # --model, --device, --epochs, --lr, --max-steps, --types, --model-scorer, --annotate-model,
 # --annotate-device, --resume, --skip-train.

@@ -2,10 +2,10 @@
 
     python -m phase5_subject_training.scripts.train_with_divisions \\
         --train-data data/division/type1_text/train.jsonl --val-data data/division/type1_text/validation.jsonl \\
-        --model medgemma-4b --output-dir phase5_subject_training/models/type1_text --epochs 3 --device cuda:0
+        --model medgemma-4b --output-dir model/divisions/type1_text --epochs 3 --device cuda:0
     python -m phase5_subject_training.scripts.train_with_divisions \\
         --train-data data/division_added/1/train.jsonl --val-data data/division_added/1/validation.jsonl \\
-        --output-dir phase5_subject_training/models/division_1_cardio --epochs 5
+        --output-dir model/divisions/division_1_cardio --epochs 5
     python -m phase5_subject_training.scripts.train_with_divisions --max-steps 2      # tiny smoke run
 
 Training is the project's shared LoRA/SFT machinery (training_utils: registry defaults, flags,
@@ -13,7 +13,7 @@ completion-only loss, checkpoints, ``--resume``, final/ + training_info.json). `
 registry name (tiny, medgemma-4b, medgemma-27b); any other value (a hub id such as
 google/gemma-2-2b-it, or a model dir) is trained as ``--base-model`` with the hyper-parameters of
 the ``--profile`` registry entry. ``--output-dir`` is the guide's name for ``--output``; by default
-``phase5_subject_training/models/<folder of --train-data>`` (type1_text, 1, ...).
+``model/divisions/<folder of --train-data>`` (type1_text, 1, ...).
 
 After training, every validation record is scored and grouped by its primary division
 (``--level top`` groups 1.4.1 under 1):
@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     d.add_argument("--val-data", type=Path, default=DIVISION_ADDED_DIR / "type1_text" / "validation.jsonl",
                    help="division-annotated validation records (default: %(default)s)")
     d.add_argument("--output-dir", dest="output", type=Path, default=None,
-                   help="same as --output (default: phase5_subject_training/models/<folder of --train-data>)")
+                   help="same as --output (default: model/divisions/<folder of --train-data>)")
     d.add_argument("--profile", default="medgemma-4b", choices=sorted(MODEL_CONFIGS),
                    help="registry entry whose hyper-parameters a non-registry --model trains with (default: %(default)s)")
     d.add_argument("--level", choices=("full", "top"), default="full",

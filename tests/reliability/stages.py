@@ -71,7 +71,7 @@ STAGE_NAMES = [s.name for s in STAGES]
 def build_input(work: Path) -> None:
     """work/raw: the sample mirror downloaded, training sources scaled, dictionaries copied as they are."""
     from script import download_all_datasets
-    from script.bench_data import build_scaled
+    from script.bench.bench_data import build_scaled
     from script.sources import FEED_MCQ, FEED_PLAIN_TEXT, FEED_REASONING, FEED_TYPE1
 
     base = work / "base_raw"

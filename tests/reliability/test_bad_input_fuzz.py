@@ -172,14 +172,14 @@ def read_kormedmcqa_raw(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
 
 
 def read_eval_items(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
-    from script.evaluation import read_items_file
+    from script.eval_items import read_items_file
 
     evalset = read_items_file(path)
     return Outcome([i["question"] for i in evalset.items], *_split(rejects_from(evalset.rejects)))
 
 
 def read_kmmlu_raw(tmp: Path, path: Path, case: bi.BrokenCase) -> Outcome:
-    from script.evaluation import read_kmmlu
+    from script.eval_items import read_kmmlu
 
     evalset = read_kmmlu(raw_dir=tmp / "raw", subjects=["Health"], split="test")
     return Outcome([i["question"] for i in evalset.items], *_split(rejects_from(evalset.rejects)))
@@ -299,12 +299,12 @@ READERS = [
            jsonl(upstream_rows, lambda r: r["question"], {("question",): "cell", ("A",): "cell", ("answer",): "int"},
                  answers=(("answer",), MCQ_ANSWERS_1_5), id_field=("q_number",), text_field=("question",)),
            read_kormedmcqa_raw, at("raw", "doctor", "test.jsonl"), empty_ok=True),
-    Reader("KorMedMCQA set items (evaluation.read_items_file / load_eval_items)",
+    Reader("KorMedMCQA set items (eval_items.read_items_file / load_eval_items)",
            jsonl(set_items, lambda r: r["question"],
                  {("question",): "str", ("options",): "dict", ("options", "A"): "str", ("answer",): "str"},
                  answers=(("answer",), LETTER_ANSWERS), id_field=("id",), text_field=("question",)),
            read_eval_items, at("sets", "guide604.jsonl"), empty_ok=True),
-    Reader("KMMLU raw rows (evaluation.read_kmmlu)",
+    Reader("KMMLU raw rows (eval_items.read_kmmlu)",
            jsonl(kmmlu_rows, lambda r: r["question"], {("question",): "cell", ("A",): "cell", ("answer",): "int"},
                  answers=(("answer",), [0, 5, -1, "E", "A", True, 2.5, [2]]), text_field=("question",)),
            read_kmmlu_raw, at("raw", "by_source", "kmmlu", "Health", "test.jsonl"), empty_ok=True),

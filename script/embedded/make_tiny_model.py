@@ -1,7 +1,7 @@
 """Build the embedded default models: ``model/tiny-gemma3`` and ``model/tiny-gemma3-mm``.
 
-    python -m script.make_tiny_model                 # build both if missing
-    python -m script.make_tiny_model --force         # rebuild
+    python -m script.embedded.make_tiny_model                 # build both if missing
+    python -m script.embedded.make_tiny_model --force         # rebuild
 
 ``tiny`` is a Gemma-3-architecture causal LM (``Gemma3ForCausalLM``, ~2M parameters) with a Korean
 BPE tokenizer trained offline on the shipped sample text, briefly pretrained on the sample's
@@ -27,7 +27,7 @@ from pathlib import Path
 from script import formats
 from script.cli import setup_logging
 from script.data_io import atomic_write_dir, iter_jsonl
-from script.sample_knowledge import CONDITIONS
+from script.embedded.sample_knowledge import CONDITIONS
 from script.training_config import SAMPLE_DATA_DIR, TINY_MM_MODEL_DIR, TINY_MODEL_DIR
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def _strings(value) -> Iterator[str]:
 def _sample_files(sample_dir: Path, only: Sequence[str] | None = None) -> list[Path]:
     files = sorted(sample_dir.rglob("*.jsonl"))
     if not files:
-        raise FileNotFoundError(f"no sample data under {sample_dir}; run: python -m script.make_sample_data")
+        raise FileNotFoundError(f"no sample data under {sample_dir}; run: python -m script.embedded.make_sample_data")
     files = [f for f in files if not any(part in f.as_posix() for part in EVALUATION_DATASETS)]
     if only is not None:
         files = [f for f in files if any(part in f.as_posix() for part in only)]

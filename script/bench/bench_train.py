@@ -1,8 +1,8 @@
 """Training throughput: the guide's setup and TRL's defaults against this toolkit's default, same model and data.
 
-    python -m script.bench_train                     # tiny on this machine, 12 optimizer steps each
-    python -m script.bench_train --model medgemma-4b --steps 30 --device cuda
-    python -m script.bench_train --random-shape google/medgemma-4b-it --steps 30   # CUDA, no download
+    python -m script.bench.bench_train                     # tiny on this machine, 12 optimizer steps each
+    python -m script.bench.bench_train --model medgemma-4b --steps 30 --device cuda
+    python -m script.bench.bench_train --random-shape google/medgemma-4b-it --steps 30   # CUDA, no download
 
 Three configurations train the same LoRA (same initial weights, same records in the same order, the
 guide's hyperparameters: micro-batch 4 x gradient accumulation 4, max length 512):
@@ -83,7 +83,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                              % ", ".join(KNOWN_ARCHITECTURES))
     parser.add_argument("--base-model", default=None, metavar="DIR",
                         help="train this model dir instead of --model's registry path (hyperparameters stay "
-                             "--model's), e.g. the real-shape model of script/make_real_shape_model.py")
+                             "--model's), e.g. the real-shape model of script/embedded/make_real_shape_model.py")
     parser.add_argument("--quantization", choices=("auto", "none", "8bit", "4bit"), default="auto",
                         help="base weights as the trainers' flag: auto = the registry's setting on CUDA")
     parser.add_argument("--worker", choices=CONFIGS, help=argparse.SUPPRESS)  # one configuration, in-process
@@ -304,7 +304,7 @@ def main(argv=None) -> dict:
         return result
     results = {}
     for config in args.configs:
-        cmd = [sys.executable, "-m", "script.bench_train", "--worker", config, "--model", args.model,
+        cmd = [sys.executable, "-m", "script.bench.bench_train", "--worker", config, "--model", args.model,
                "--steps", str(args.steps), "--device", args.device, "--data-dir", str(args.data_dir),
                "--seed", str(args.seed), "--quantization", args.quantization] \
             + (["--random-shape", args.random_shape] if args.random_shape else []) \

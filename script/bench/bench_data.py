@@ -1,8 +1,8 @@
 """Benchmark the data stages on a scaled copy of the sample data; prints one JSON object.
 
-    python -m script.bench_data                   # scale 85: ~184.8K training rows, the guide's 184,556
-    python -m script.bench_data --scale 2         # seconds, for a smoke test
-    python -m script.bench_data --raw-dir data/raw --workdir /tmp/bench --scale 20
+    python -m script.bench.bench_data                   # scale 85: ~184.8K training rows, the guide's 184,556
+    python -m script.bench.bench_data --scale 2         # seconds, for a smoke test
+    python -m script.bench.bench_data --raw-dir data/raw --workdir /tmp/bench --scale 20
 
 What it does, all inside a temp folder (``--workdir`` to keep it), never in data/:
 

@@ -1,12 +1,12 @@
 """Benchmark: division annotation -- lexical stage, model stage, and the guide's generate-and-parse way.
 
-    python -m script.bench_divisions                                  # tiny, data/refined_clean
-    python -m script.bench_divisions --model tiny --subset 200 --threads 1
-    python -m script.bench_divisions --model medgemma-4b --device cuda --subset 500
+    python -m script.bench.bench_divisions                                  # tiny, data/refined_clean
+    python -m script.bench.bench_divisions --model tiny --subset 200 --threads 1
+    python -m script.bench.bench_divisions --model medgemma-4b --device cuda --subset 500
 
 Records: ``--data-dir/<type>/{train,validation}.jsonl`` of the four training types (default
 data/refined_clean, built by ``make data``). The sample data is rendered from the knowledge table
-of ``script/sample_knowledge.py``, so each record's gold division is that of the condition it was
+of ``script/embedded/sample_knowledge.py``, so each record's gold division is that of the condition it was
 generated from: the condition whose name (or treatment, test, finding) is the record's answer, else
 the first condition named in its answer, else in its question (``gold_condition``). The gold is
 kept here, apart; the annotator never reads it and never imports the knowledge table (its keywords
@@ -56,9 +56,9 @@ from phase5_subject_training.divisions import (
 from script import formats
 from script.cli import setup_logging
 from script.data_io import DataError, iter_jsonl
+from script.embedded.sample_knowledge import CONDITIONS, DIVISIONS, GENERAL_TOPICS
 from script.evaluation import generate_texts
 from script.model_loading import load_model_for_eval
-from script.sample_knowledge import CONDITIONS, DIVISIONS, GENERAL_TOPICS
 from script.training_config import CLEAN_DIR, DEFAULT_MODEL
 
 logger = logging.getLogger("bench_divisions")

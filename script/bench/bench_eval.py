@@ -1,9 +1,9 @@
 """Benchmark: naive per-question generation versus letter mode, on the same questions, in one run.
 
-    python -m script.bench_eval                       # tiny, the guide's 604 set
-    python -m script.bench_eval --model tiny --n 604 --device cpu
-    python -m script.bench_eval --model medgemma-4b --n 200 --device cuda
-    python -m script.bench_eval --threads 1           # a CPU shared with other jobs (see below)
+    python -m script.bench.bench_eval                       # tiny, the guide's 604 set
+    python -m script.bench.bench_eval --model tiny --n 604 --device cpu
+    python -m script.bench.bench_eval --model medgemma-4b --n 200 --device cuda
+    python -m script.bench.bench_eval --threads 1           # a CPU shared with other jobs (see below)
 
 The naive way is what the guide's validation did: one ``generate`` call per question (greedy,
 ``--max-new-tokens``), then parse the letter from the text -- here with the project's
@@ -41,16 +41,9 @@ from collections.abc import Sequence
 from script import kormedmcqa
 from script.cli import setup_logging
 from script.data_io import DataError
-from script.evaluation import (
-    PROMPT_TYPE3,
-    encode_prompt,
-    extract_answer,
-    generate_texts,
-    load_eval_items,
-    render_mcq_prompt,
-    score_mcq_letter_mode,
-    select_eval_subset,
-)
+from script.eval_items import load_eval_items, select_eval_subset
+from script.evaluation import extract_answer, generate_texts, score_mcq_letter_mode
+from script.mcq_prompts import PROMPT_TYPE3, encode_prompt, render_mcq_prompt
 from script.model_loading import load_model_for_eval
 from script.training_config import DEFAULT_MODEL, SAMPLE_DATA_DIR
 

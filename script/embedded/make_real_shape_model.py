@@ -1,7 +1,7 @@
 """A randomly initialised model of MedGemma-4B-it's exact shape, but few layers, built offline.
 
-    python -m script.make_real_shape_model                    # -> model/medgemma-4b-shape
-    python -m script.make_real_shape_model --layers 2 --vision-layers 1 --output /tmp/shape
+    python -m script.embedded.make_real_shape_model                    # -> model/medgemma-4b-shape
+    python -m script.embedded.make_real_shape_model --layers 2 --vision-layers 1 --output /tmp/shape
 
 The real checkpoint needs the hub; its shape does not. This builds ``Gemma3ForConditionalGeneration``
 with google/medgemma-4b-it's published text config (hidden 2560, MLP 10240, 8 query / 4 key-value
@@ -29,7 +29,7 @@ from script import formats
 from script.check_gpu_memory import KNOWN_ARCHITECTURES
 from script.cli import setup_logging
 from script.data_io import atomic_write_dir
-from script.make_tiny_model import (
+from script.embedded.make_tiny_model import (
     SEED,
     generation_config,
     sample_corpus,

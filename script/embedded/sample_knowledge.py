@@ -1,7 +1,7 @@
 """Hand-written Korean medical knowledge table behind the synthetic sample data.
 
 Everything in ``data/sample`` is rendered from this module by
-``python -m script.make_sample_data``.  The facts are simplified, textbook-level
+``python -m script.embedded.make_sample_data``.  The facts are simplified, textbook-level
 statements written for a toy data set: they are NOT medical advice and are not
 taken from any upstream data set.
 
