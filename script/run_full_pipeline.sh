@@ -147,8 +147,7 @@ PLAN="$(plan --plan)" || exit 2
 
 if [ "$ACTION" = run ] && [ "$BACKGROUND" = 1 ]; then
   if pid="$(running_pid)"; then echo "a pipeline for $MODEL is already running (pid $pid); make stop MODEL=$MODEL first" >&2; exit 1; fi
-  args=(--foreground-child "${plan_args[@]:4}")  # the same options, less --model/--python's pair
-  args=(--model "$MODEL" "${args[@]}")
+  args=(--model "$MODEL" --foreground-child "${plan_args[@]:4}")  # the plan's options after --model/--python
   [ "$FORCE" = 1 ] && args+=(--force)
   # setsid: the pipeline gets its own process group, so --stop can end it and all its children.
   setsid bash "${BASH_SOURCE[0]}" "${args[@]}" >>"$LOG_FILE" 2>&1 < /dev/null &

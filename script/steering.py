@@ -52,9 +52,10 @@ def load_steering_set(steer_on: str, eval_samples: int, seed: int, sets_dir: str
     if steer_on not in STEER_SET_CHOICES:
         raise ConfigError(f"--steer-on {steer_on!r}: expected one of {', '.join(STEER_SET_CHOICES)}")
     directory = Path(sets_dir) if sets_dir is not None else KORMEDMCQA_TEST_DIR
-    if not required and not (directory / SET_ALIASES[steer_on]).is_file():
+    expected = directory / SET_ALIASES[steer_on]
+    if not required and not expected.is_file():
         logger.warning("no %s set at %s (%s): KorMedMCQA evaluation is off for this run",
-                       steer_on, directory / SET_ALIASES[steer_on], EXTRACT_COMMAND)
+                       steer_on, expected, EXTRACT_COMMAND)
         return [], None
     name, path = resolve_set_path(steer_on, directory)
     items = load_eval_items(path, eval_samples if eval_samples > 0 else None, seed)
