@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -29,16 +29,19 @@ setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
 tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
 	$(PY) -m script.embedded.make_tiny_model
 
-data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items
-	PYTHON=$(PY) bash $(PIPELINE) --data-only
+data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items; TEXT_MB=MB DICT_DIR=dir STRICT=1 FORCE=1
+	PYTHON=$(PY) bash $(PIPELINE) --data-only $(if $(TEXT_MB),--text-mb $(TEXT_MB)) $(if $(DICT_DIR),--dict-dir $(DICT_DIR)) \
+		$(if $(filter 1,$(ALLOW_SAMPLE_DICTS)),--allow-sample-dicts) $(if $(filter 1,$(STRICT)),--strict) \
+		$(if $(filter 1,$(FORCE)),--force)
 
-pipeline: setup  ## run the pipeline for MODEL (default tiny); DICT_DIR=dir STRICT=1 BACKGROUND=1 SKIP_00=1 EPOCHS[_00|_01|_02]=N LAUNCH=ddp NPROC=N
+pipeline: setup  ## run the pipeline for MODEL (default tiny); DICT_DIR=dir STRICT=1 BACKGROUND=1 SKIP_00=1 EPOCHS[_00|_01|_02]=N LAUNCH=ddp NPROC=N MAX_SAMPLES=N TEXT_MB=MB FORCE=1
 	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(filter 1,$(SKIP_00)),--skip-00) \
 		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCHS_00),--epochs-00 $(EPOCHS_00)) \
 		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02)) \
 		$(if $(LAUNCH),--launch $(LAUNCH)) $(if $(NPROC),--nproc $(NPROC)) \
 		$(if $(DICT_DIR),--dict-dir $(DICT_DIR)) $(if $(filter 1,$(ALLOW_SAMPLE_DICTS)),--allow-sample-dicts) \
-		$(if $(filter 1,$(STRICT)),--strict)
+		$(if $(filter 1,$(STRICT)),--strict) $(if $(MAX_SAMPLES),--max-samples $(MAX_SAMPLES)) \
+		$(if $(TEXT_MB),--text-mb $(TEXT_MB)) $(if $(filter 1,$(FORCE)),--force)
 
 # `python -m`, or accelerate's launcher with configs/accelerate/$(LAUNCH).yaml (and NPROC processes).
 TRAIN_MODULE = $(if $(LAUNCH),$(PY) -m accelerate.commands.launch --config_file configs/accelerate/$(LAUNCH).yaml $(if $(NPROC),--num_processes $(NPROC)) -m,$(PY) -m)
@@ -77,13 +80,16 @@ test-reliability: setup  ## fault injection + bad-input fuzzing (all cases, ~7 m
 	status=0; RELIABILITY_RESULTS=$(RELIABILITY_RESULTS) OMP_NUM_THREADS=1 $(PY) -m pytest tests/reliability -q -m "" || status=$$?; \
 	$(PY) -m script.reliability_table --results $(RELIABILITY_RESULTS) --output docs/RELIABILITY.md && exit $$status
 
-bench: bench-train bench-data bench-eval bench-divisions  ## every benchmark; each prints one JSON object
+bench: bench-train bench-data bench-text-volume bench-eval bench-divisions  ## every benchmark; each prints one JSON object
 
 bench-train: setup  ## training tokens/s: the guide's padding, TRL defaults, this toolkit (same model, data, losses)
 	HF_HUB_OFFLINE=1 $(PY) -m script.bench.bench_train --model $(MODEL) $(if $(STEPS),--steps $(STEPS))
 
 bench-data: setup  ## refine + verify + exclusion at the guide's scale (~184K records), plain-text memory
 	$(PY) -m script.bench.bench_data
+
+bench-text-volume: setup  ## data stages on a generated 2 GB plain-text corpus: peak RSS and disk, capped vs whole (GB=2)
+	$(PY) -m script.bench.bench_text_volume $(if $(GB),--gb $(GB))
 
 bench-eval: setup  ## KorMedMCQA scoring: per-question generate vs batched letter mode
 	HF_HUB_OFFLINE=1 $(PY) -m script.bench.bench_eval

@@ -274,6 +274,14 @@ def kormedlawqa_item(row: Mapping[str, Any]) -> McqItem:
     return McqItem(required_text(row, "question"), options, answer, ("question", "options", "answer"))
 
 
+def kormedconceptsqa_item(row: Mapping[str, Any]) -> McqItem:
+    """Four options in option1-option4 (lettered A-D); answer_id is the letter."""
+    options = {letter: required_text(row, f"option{i}") for i, letter in enumerate(OPTION_LETTERS[:4], start=1)}
+    answer = check_letter(row.get("answer_id"), options, "answer_id")
+    return McqItem(required_text(row, "question"), options, answer,
+                   ("question", "option1", "option2", "option3", "option4", "answer_id"))
+
+
 def check_option_count(options: Mapping[str, str]) -> None:
     if len(options) not in (4, 5):
         raise RowReject(f"{len(options)} options; expected 4 or 5")
@@ -296,6 +304,7 @@ MCQ_PARSERS: dict[str, Callable[[Mapping[str, Any]], McqItem]] = {
     "medqa": medqa_item,
     "medqa_evol_ko": medqa_evol_item,
     "kormedlawqa": kormedlawqa_item,
+    "kormedconceptsqa": kormedconceptsqa_item,
 }
 
 

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from script.data_io import DataError
+from script.launch import leave_process_group
 from script.training_config import ConfigError, UnknownModelError
 
 EXIT_BAD_INPUT = 2
@@ -109,6 +110,7 @@ def run_main(main: Callable[[], Any]) -> NoReturn:
             print(file=sys.stderr)  # the bar left the cursor mid-line
         print(f"error: {message}", file=sys.stderr, flush=True)
         raise SystemExit(status) from None
+    leave_process_group()  # a multi-process run: every rank finishes together
     raise SystemExit(result if isinstance(result, int) else 0)
 
 

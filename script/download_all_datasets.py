@@ -9,10 +9,22 @@ from ``DIR/<hub id>`` (a directory laid out like the hub repository, README.md `
 The dictionaries are not on the hub: they are read from ``--local-dir`` (default ``DIR/local`` with
 ``--from-dir``, else the project's shipped ``data/sample/local``).
 
+Volume: the large text corpora (C4 ko, NamuWiki, Wikipedia ko) are capped by the registry
+(``Source.max_mb``: 500 MB of raw JSON Lines each, the guide's ~1.5 GB of plain text) and streamed,
+so no whole dump lands in the hub cache or in data/raw. ``--max-mb MB`` sets the cap of every
+capped source (0: no cap, download them whole); ``--max-rows N`` keeps the first N rows of every
+split of every source (a smoke run).
+
+Revisions: ``configs/data_revisions.json`` names the hub commit each source is read at (null: the
+current main). The commit a hub download actually read is recorded per part in the manifest;
+``--pin-revisions`` writes those commits into the revisions file, so later runs read the same data
+even after an upstream re-upload.
+
 Output, one file per source, config and split, in the upstream column schema:
 
     <output>/by_source/<name>/<config>/<split>.jsonl
-    <output>/manifest.json   per part: hub id, config, split, rows, columns, sha256, origin, time
+    <output>/manifest.json   per part: hub id, config, split, revision asked and commit read, cap,
+                             rows, bytes, columns, sha256, origin, time
 
 The run is resumable: a source whose manifest entries match (same hub id, config, split, origin and
 row limit, files present with the recorded sha256) is skipped. A source whose columns differ from
@@ -27,6 +39,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import hashlib
+import json
 import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -48,12 +61,14 @@ from script.data_io import (
     sha256_file,
 )
 from script.sources import DEFAULT_CONFIG, SOURCES, Source, get_source, missing_columns, raw_path, source_names
-from script.training_config import RAW_DIR, SAMPLE_DATA_DIR
+from script.training_config import PROJECT_ROOT, RAW_DIR, SAMPLE_DATA_DIR
 
 logger = logging.getLogger("download_all_datasets")
 
 MANIFEST_NAME = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: revision, commit, max_mb and bytes per part
+REVISIONS_FILE = PROJECT_ROOT / "configs" / "data_revisions.json"
+MB = 1_000_000
 
 OFFLINE_MESSAGE = (
     "The Hugging Face hub cannot be reached (HF_HUB_OFFLINE is set, or the connection failed).\n"
@@ -79,6 +94,20 @@ class Settings:
     max_rows: int | None
     cache_dir: str | None
     force: bool
+    max_mb: float | None = None  # None: each source's registry cap; 0: no cap
+    revisions: dict[str, str | None] = field(default_factory=dict)  # hub id -> commit (None: main)
+
+    def cap_mb(self, source: Source) -> float | None:
+        """The MB cap of a source's parts: --max-mb for a capped source, else the registry's."""
+        if source.max_mb is None:
+            return None
+        if self.max_mb is not None:
+            return self.max_mb or None
+        return source.max_mb
+
+    def revision(self, source: Source) -> str | None:
+        """The hub commit to read (None: main); a local mirror has no revisions."""
+        return None if self.from_dir is not None or source.is_local else self.revisions.get(source.hub_id)
 
 
 @dataclass
@@ -132,7 +161,7 @@ def origin_of(source: Source, settings: Settings) -> dict:
     if settings.from_dir is not None:
         return {"origin": "dir", "from_dir": str(settings.from_dir.resolve()),
                 "fingerprint": files_fingerprint([settings.from_dir / source.hub_id])}
-    return {"origin": "hub", "from_dir": None}
+    return {"origin": "hub", "from_dir": None, "revision": settings.revision(source)}
 
 
 def entry_is_current(entry: dict | None, expected: dict, output: Path) -> bool:
@@ -156,6 +185,7 @@ def identity(source: Source, config: str, split: str, settings: Settings) -> dic
         "split": split,
         "data_file": data_file_of(source, config, split),
         "max_rows": settings.max_rows,
+        "max_mb": settings.cap_mb(source),
         **origin_of(source, settings),
     }
 
@@ -199,8 +229,10 @@ def open_hub_part(source: Source, config: str, split: str, settings: Settings) -
         kwargs["data_files"] = dict(source.data_files)  # with data_files the config is the implicit one
     elif config != DEFAULT_CONFIG:
         kwargs["name"] = config
-    # A row limit streams instead of downloading whole splits (C4/NamuWiki are many gigabytes).
-    streaming = settings.max_rows is not None
+    if settings.revision(source):
+        kwargs["revision"] = settings.revision(source)
+    # A row or size limit streams instead of downloading whole splits (C4/NamuWiki are many gigabytes).
+    streaming = settings.max_rows is not None or settings.cap_mb(source) is not None
     if settings.from_dir is not None and not streaming:
         # A local mirror is read afresh: datasets would reuse a cache built before it was rewritten.
         kwargs["download_mode"] = datasets.DownloadMode.FORCE_REDOWNLOAD
@@ -262,15 +294,46 @@ def download_part(source: Source, config: str, split: str, settings: Settings) -
             f"(missing: {', '.join(missing)})"
         )
     target = raw_path(settings.output, source.name, config, split)
-    count = atomic_write_jsonl(target, (to_jsonable(row) for row in rows))
+    cap = settings.cap_mb(source)
+    written = {"bytes": 0, "capped": False}
+    count = atomic_write_jsonl(target, capped_rows((to_jsonable(row) for row in rows), cap, written))
     return {
         **identity(source, config, split, settings),
         "path": target.relative_to(settings.output).as_posix(),
         "rows": count,
+        "bytes": target.stat().st_size,
+        "capped": written["capped"],  # True: the part has more rows upstream than the cap let through
         "columns": columns,
         "sha256": sha256_file(target),
         "downloaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def capped_rows(rows: Iterable[dict], cap_mb: float | None, written: dict) -> Iterator[dict]:
+    """``rows`` until their JSON Lines reach ``cap_mb`` megabytes (the row that crosses it is the
+    last); ``written`` gets the running byte count and whether the cap stopped the part."""
+    limit = None if cap_mb is None else cap_mb * MB
+    for row in rows:
+        if limit is not None and written["bytes"] >= limit:
+            written["capped"] = True
+            return
+        if limit is not None:
+            written["bytes"] += len(json.dumps(row, ensure_ascii=False).encode("utf-8")) + 1
+        yield row
+
+
+def resolved_commit(source: Source, settings: Settings) -> str | None:
+    """The hub commit a download of ``source`` reads (its pin, or what main points at now); None
+    for a local mirror, or when the hub does not say."""
+    if settings.from_dir is not None or source.is_local:
+        return None
+    try:
+        from huggingface_hub import HfApi  # lazy: only a hub download needs it
+
+        return HfApi().dataset_info(source.hub_id, revision=settings.revision(source)).sha
+    except Exception as exc:  # informative only: the rows are already read
+        logger.warning("%s: could not resolve the hub commit (%s)", source.name, exc)
+        return None
 
 
 def download_source(source: Source, settings: Settings, manifest: dict) -> SourceResult:
@@ -285,12 +348,37 @@ def download_source(source: Source, settings: Settings, manifest: dict) -> Sourc
         rows = sum(recorded[part_key(source.name, c, s)]["rows"] for c, s in parts)
         return SourceResult(source.name, "skipped", rows=rows, parts=len(parts), detail="up to date in manifest")
     result = SourceResult(source.name, "downloaded")
+    commit = resolved_commit(source, settings)
     for config, split in parts:
-        entry = download_part(source, config, split, settings)
+        entry = download_part(source, config, split, settings) | {"commit": commit}
         result.entries[part_key(source.name, config, split)] = entry
         result.rows += entry["rows"]
         result.parts += 1
+        if entry["capped"]:
+            result.detail = f"capped at {settings.cap_mb(source):g} MB per part (--max-mb)"
     return result
+
+
+def load_revisions(path: Path) -> dict[str, str | None]:
+    """hub id -> pinned commit (None: main) from a revisions file; a missing file pins nothing."""
+    if not path.is_file():
+        return {}
+    document = read_json(path)
+    revisions = document.get("revisions") if isinstance(document, dict) else None
+    if not isinstance(revisions, dict) or not all(v is None or isinstance(v, str) for v in revisions.values()):
+        raise DataError(f"{path}: expected {{\"revisions\": {{hub id: commit or null}}}}")
+    return revisions
+
+
+def pin_revisions(path: Path, manifest: dict) -> int:
+    """Write the commits the manifest's hub parts were read at into the revisions file; returns how
+    many sources it pins."""
+    document = read_json(path) if path.is_file() else {"revisions": {}}
+    commits = {entry["hub_id"]: entry["commit"] for entry in manifest["parts"].values()
+               if entry.get("origin") == "hub" and entry.get("commit")}
+    document["revisions"].update(commits)
+    atomic_write_json(path, document)
+    return len(commits)
 
 
 # ---------------------------------------------------------------------------
@@ -339,6 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-rows", type=int, metavar="N",
                         help="keep only the first N rows of every split (hub data is streamed, not downloaded "
                              "whole); recorded in the manifest. Default: all rows")
+    parser.add_argument("--max-mb", type=float, metavar="MB",
+                        help="cap of every capped source (the text corpora; python -m script.sources shows the "
+                             "caps), in MB of raw JSON Lines per part; 0 downloads them whole. Default: the "
+                             "registry's (500 MB each, the guide's ~1.5 GB of plain text)")
+    parser.add_argument("--revisions", type=Path, default=REVISIONS_FILE, metavar="FILE",
+                        help=f"hub commit per source, {{\"revisions\": {{hub id: commit or null}}}} (default "
+                             f"{REVISIONS_FILE.relative_to(PROJECT_ROOT)}; null reads main)")
+    parser.add_argument("--pin-revisions", action="store_true",
+                        help="after a hub download, write the commits it read into --revisions")
     parser.add_argument("--cache-dir", metavar="DIR",
                         help="datasets cache directory (default: the datasets library's, ~/.cache/huggingface)")
     parser.add_argument("--force", action="store_true",
@@ -350,13 +447,20 @@ def build_parser() -> argparse.ArgumentParser:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     if args.max_rows is not None and args.max_rows <= 0:
         raise SystemExit("--max-rows must be a positive number of rows")
+    if args.max_mb is not None and args.max_mb < 0:
+        raise SystemExit("--max-mb must be a size in MB (0: no cap)")
     if args.local_dir is not None:
         local_dir = args.local_dir
     elif args.from_dir is not None:
         local_dir = args.from_dir / "local"
     else:
         local_dir = SAMPLE_DATA_DIR / "local"
-    return Settings(args.output, args.from_dir, local_dir, args.max_rows, args.cache_dir, args.force)
+    try:
+        revisions = load_revisions(args.revisions)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return Settings(args.output, args.from_dir, local_dir, args.max_rows, args.cache_dir, args.force,
+                    args.max_mb, revisions)
 
 
 def check_local_files(local_dir: Path, sources: Sequence[Source]) -> int:
@@ -394,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
         datasets.logging.set_verbosity_error()
 
     manifest = load_manifest(settings.output)
+    unpinned = [s.name for s in selected if not s.is_local and settings.from_dir is None and not settings.revision(s)]
+    if unpinned:
+        print(f"{len(unpinned)} source(s) read at the hub's current main, not a pinned commit: "
+              f"{', '.join(unpinned)}; the commits read go to the manifest, and --pin-revisions writes them "
+              f"to {args.revisions}", file=sys.stderr)
     results: list[SourceResult] = []
     for source in tqdm(selected, desc="sources", unit="source"):
         try:
@@ -412,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(result)
 
     print_summary(results)
+    if args.pin_revisions:
+        print(f"pinned {pin_revisions(args.revisions, manifest)} hub source(s) in {args.revisions}")
     failed = {r.name for r in results if r.status == "FAILED"}
     required = sorted(s.name for s in selected if s.required and s.name in failed)
     if required:

@@ -3,7 +3,8 @@
 Writes, in ``--output-dir`` (default ``data/kormedmcqa_test``):
 
 * ``all_test.jsonl``       the set chosen with ``--set`` (default ``guide604``, the guide's 604 items);
-* ``guide604.jsonl``       doctor dev + test + fewshot (164 + 435 + 5 = 604 upstream);
+* ``guide604.jsonl``       doctor dev + test + fewshot (164 + 435 + 5 = 604 rows upstream; a fewshot row
+                           that repeats a dev question is scored once, so at most 604 items);
 * ``official_test.jsonl``  the test split of doctor, nurse, pharm and dentist (3,009 upstream);
 * ``steer.jsonl``          10 % of each config's TRAIN split, chosen by a hash of the item id: the
                            set training loops steer on (never the test sets);
@@ -48,6 +49,7 @@ from script.kormedmcqa import (
     build_sets,
     count_by_config_split,
     dedupe_items,
+    set_rows,
 )
 from script.training_config import KORMEDMCQA_TEST_DIR
 
@@ -90,6 +92,8 @@ def write_sets(output_dir: Path, sets: dict[str, list[dict]], set_name: str, sou
         manifest_sets[name] = {
             "file": SET_FILES[name],
             "items": len(sets[name]),
+            "rows": set_rows(sets[name]),  # upstream rows: items + repeated questions dropped
+            "repeats_dropped": set_rows(sets[name]) - len(sets[name]),
             "per_config_split": count_by_config_split(sets[name]),
             "sha256": sha256_file(path),
         }
@@ -147,12 +151,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                           len(source.rejects))
     print(f"KorMedMCQA from {source.description} -> {output_dir}")
     print_summary(manifest)
-    guide = manifest["sets"][GUIDE604]["items"]
-    if guide != GUIDE604_EXPECTED:
+    guide = manifest["sets"][GUIDE604]
+    if guide["rows"] != GUIDE604_EXPECTED:
         bar = "!" * 78
-        print(f"{bar}\nWARNING: guide604 has {guide} items, not {GUIDE604_EXPECTED} "
+        print(f"{bar}\nWARNING: guide604 has {guide['rows']} items, not {GUIDE604_EXPECTED} "
               f"(doctor dev + test + fewshot). Scores on it are not comparable with the guide's.\n{bar}",
               file=sys.stderr)
+    if guide["repeats_dropped"]:
+        print(f"guide604: {guide['rows']} rows, {guide['items']} questions scored ({guide['repeats_dropped']} "
+              "fewshot rows repeat a dev question and are scored once)")
     if not manifest["sets"][STEER]["items"]:
         print("WARNING: the steer set is empty (no train split items)", file=sys.stderr)
     return 0

@@ -83,7 +83,7 @@ SET_FILES = {GUIDE604: "guide604.jsonl", OFFICIAL: "official_test.jsonl", STEER:
              OTHER_EVAL: "other_eval.jsonl"}
 ALL_TEST_FILE = "all_test.jsonl"
 SETS_MANIFEST = "sets.json"
-GUIDE604_EXPECTED = 604  # doctor dev 164 + test 435 + fewshot 5 upstream; the sample data too
+GUIDE604_EXPECTED = 604  # rows: doctor dev 164 + test 435 + fewshot 5 upstream; the sample data too
 
 # (config, split) pairs each fixed set is made of; steer is drawn from the train splits.
 # other_eval is the rest of KorMedMCQA's evaluation material (nurse/pharm/dentist dev and fewshot):
@@ -307,7 +307,8 @@ def select_steer(
 
 def build_sets(source: ItemSource, steer_fraction: float = STEER_FRACTION) -> dict[str, list[dict]]:
     """The evaluation sets (``SET_NAMES``), each a list of items in upstream order."""
-    sets = {name: [item for config, split in SET_SPLITS[name] for item in source.items(config, split)]
+    sets = {name: drop_repeated_questions([item for config, split in SET_SPLITS[name]
+                                           for item in source.items(config, split)])
             for name in FIXED_SETS}
     held_out = EvaluationIndex(dedupe_items(item for name in FIXED_SETS for item in sets[name]))
     sets[STEER] = [
@@ -316,6 +317,31 @@ def build_sets(source: ItemSource, steer_fraction: float = STEER_FRACTION) -> di
         for item in select_steer(source.items(config, split), steer_fraction, held_out)
     ]
     return sets
+
+
+def drop_repeated_questions(items: Sequence[dict]) -> list[dict]:
+    """Items minus rows that repeat an earlier row's question (same stem, same options): upstream
+    draws each fewshot split from its config's dev split, so guide604 (doctor dev + test + fewshot)
+    would score those questions twice. The kept item lists the dropped ids in
+    ``meta["repeated_as"]``, so the set's row count stays visible."""
+    first: dict[tuple, dict] = {}
+    kept = []
+    for item in items:
+        key = (item["question"].strip(), tuple(sorted(item["options"].items())))
+        if key in first:
+            kept_meta = first[key]["meta"]
+            kept_meta.setdefault("repeated_as", []).append(item["id"])
+            if item["meta"].get("cot") and not kept_meta.get("cot"):
+                kept_meta["cot"] = item["meta"]["cot"]  # the fewshot copy carries upstream's explanation
+            continue
+        first[key] = item
+        kept.append(item)
+    return kept
+
+
+def set_rows(items: Iterable[dict]) -> int:
+    """Upstream rows behind a set's items: each item plus the repeats dropped into it."""
+    return sum(1 + len(item["meta"].get("repeated_as", ())) for item in items)
 
 
 def dedupe_items(items: Iterable[dict]) -> list[dict]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+import sys
 from typing import Any
 
 from script.training_config import ConfigError
@@ -144,6 +145,19 @@ def barrier() -> None:
         _require_process_group()
         PartialState().wait_for_everyone()
 
+
+
+def leave_process_group() -> None:
+    """At the end of a successful multi-process run: wait for every rank, then close the group.
+    A rank that exits while another still works (rank 0 evaluating, saving) would otherwise tear
+    down gloo/NCCL under it; on CPU that aborts the exiting rank ("terminate called without an
+    active exception", exit -6) and the launcher then kills the run. Nothing to do (and torch is not
+    imported) in a single-process run."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is None or not distributed.is_available() or not distributed.is_initialized():
+        return
+    distributed.barrier()
+    distributed.destroy_process_group()
 
 
 def broadcast_from_main(obj: Any) -> Any:

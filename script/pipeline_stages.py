@@ -10,7 +10,7 @@ which of them already finished come from here, and so do the report's stage list
     python -m script.pipeline_stages --model medgemma-4b --final-adapter
 
 What differs per model is a registry field (training_config.ModelConfig: embedded, pipeline_epochs,
-mcq_scoring, eval_max_new_tokens), never a branch on the model's name.
+mcq_scoring, eval_max_new_tokens, pipeline_plain_text_samples), never a branch on the model's name.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from script.download_all_datasets import check_local_files
+from script.download_all_datasets import REVISIONS_FILE, check_local_files
 from script.sources import SOURCES
+from script.stage_records import code_digest, record_path, stage_is_current, write_stage_record
 from script.training_config import (
     HOME,
     PROJECT_ROOT,
@@ -53,22 +54,40 @@ CLOZE_EVAL_ARGS = "--split guide604 --mode cloze --batch-size 32"
 
 @dataclass(frozen=True)
 class Stage:
-    """One step: ``command`` runs ``script``; it is done when ``output`` exists (and, with
-    ``newer_than``, was written after that file: an evaluation is stale once its model retrains).
-    A stage without ``output`` always reruns (the data stages and summaries: fast, idempotent)."""
+    """One step: ``command`` runs ``script``. A trained or evaluated stage is done when ``output``
+    exists (and, with ``newer_than``, was written after that file: an evaluation is stale once its
+    model retrains). A stage with ``inputs`` (the data stages, the summaries) is done when its
+    record (script/stage_records.py) says it last succeeded with this command, this code and inputs
+    of the same content, and every one of ``outputs`` is still there."""
 
     name: str
     script: str
     command: str
     output: Path | None = None
     newer_than: Path | None = None
+    inputs: tuple[Path, ...] | None = None
+    outputs: tuple[Path, ...] = ()
+    record: Path | None = None  # where the record of an ``inputs`` stage is kept
+    root: Path = PROJECT_ROOT
 
     def done(self) -> bool:
+        if self.inputs is not None:
+            return self.record is not None and stage_is_current(
+                self.record, self.command, code_digest(self.root / self.script, self.root), self.inputs,
+                self.outputs, skip=(self.record.parent,))
         if self.output is None or not self.output.is_file():
             return False
         if self.newer_than is None or not self.newer_than.exists():
             return True
         return self.output.stat().st_mtime > self.newer_than.stat().st_mtime
+
+    def write_record(self) -> bool:
+        """After a successful run: note what it ran on (a no-op for output-marked stages)."""
+        if self.inputs is None or self.record is None:
+            return False
+        write_stage_record(self.record, self.command, code_digest(self.root / self.script, self.root), self.inputs,
+                           skip=(self.record.parent,))
+        return True
 
 
 @dataclass(frozen=True)
@@ -84,6 +103,7 @@ class PipelineOptions:
     launch: str | None = None
     nproc: int | None = None
     max_samples: int | None = None
+    text_mb: float | None = None  # download cap of each text corpus (None: the registry's; 0: whole)
     dict_dir: Path | None = None
     allow_sample_dicts: bool = False
     strict: bool = False
@@ -140,35 +160,57 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
     # offline (the embedded world, or HF_HUB_OFFLINE=1): the datasets come from the local hub mirror
     offline = config.embedded or os.environ.get("HF_HUB_OFFLINE", "0") == "1"
     stages: list[Stage] = []
+    data, logs = home / "data", home / "logs"
+    raw, refined, clean, sets = data / "raw", data / "refined", data / "refined_clean", data / "kormedmcqa_test"
 
     def add(name: str, script: str, command: str, output: Path | None = None, newer_than: Path | None = None):
         if (root / script).exists():
-            stages.append(Stage(name, script, command, output, newer_than))
+            stages.append(Stage(name, script, command, output, newer_than, root=root))
+
+    def add_recorded(name: str, script: str, command: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...]):
+        """A stage skipped on a restart when its command, code and inputs are unchanged."""
+        if (root / script).exists():
+            stages.append(Stage(name, script, command, inputs=inputs, outputs=outputs,
+                                record=record_path(data, name), root=root))
 
     # ---- data ----
     if not options.data_only and config.embedded:
         add("tiny_model", "script/embedded/make_tiny_model.py", f"{py} -m script.embedded.make_tiny_model")
     download = (f" --local-dir {shlex.quote(str(options.dict_dir.resolve()))}" if options.dict_dir else "") + \
-        (" --strict" if options.strict else "")  # --strict: a failed optional source stops the run too
+        (" --strict" if options.strict else "") + \
+        (f" --max-mb {options.text_mb:g}" if options.text_mb is not None else "")  # --strict: any failed source stops
     from_dir = f" --from-dir {shlex.quote(str(root / 'data' / 'sample'))}" if offline else ""
-    add("download", "script/download_all_datasets.py", f"{py} -m script.download_all_datasets{from_dir}{download}")
+    dictionaries = options.dict_dir or (root / "data" / "sample" / "local")
+    add_recorded("download", "script/download_all_datasets.py",
+                 f"{py} -m script.download_all_datasets{from_dir}{download}",
+                 ((root / "data" / "sample",) if offline else ()) + (dictionaries, REVISIONS_FILE),
+                 (raw / "manifest.json",))
     # Quality gates report and the run goes on (real data has rough sources: the guide's own run missed
     # its type-2 coverage target); --strict makes them stop it. A malformed refined record (verify) is a
     # bug, not a data-quality finding, and always stops.
     gate_refine, gate_proficiency = ("", "") if options.strict else (" --report-only", " --no-fail")
-    add("refine", "refine_scripts/refine_4types.py", f"{py} -m refine_scripts.refine_4types{gate_refine}")
-    add("refine_plain_text", "refine_scripts/refine_plain_text.py", f"{py} -m refine_scripts.refine_plain_text")
-    add("refine_dictionaries", "refine_scripts/refine_dictionaries.py", f"{py} -m refine_scripts.refine_dictionaries")
-    add("refine_kor_med_test", "refine_scripts/refine_kor_med_test.py", f"{py} -m refine_scripts.refine_kor_med_test")
-    add("verify", "refine_scripts/verify_formats.py", f"{py} -m refine_scripts.verify_formats")
-    add("test_exclusion", "script/run_test_exclusion.sh",
-        f"PYTHON={py} bash {shlex.quote(str(root / 'script' / 'run_test_exclusion.sh'))}")
+    by_source = (raw / "by_source",)
+    add_recorded("refine", "refine_scripts/refine_4types.py", f"{py} -m refine_scripts.refine_4types{gate_refine}",
+                 by_source, (refined / "refine_stats.json",))
+    add_recorded("refine_plain_text", "refine_scripts/refine_plain_text.py",
+                 f"{py} -m refine_scripts.refine_plain_text", by_source, (refined / "00_plain_text",))
+    add_recorded("refine_dictionaries", "refine_scripts/refine_dictionaries.py",
+                 f"{py} -m refine_scripts.refine_dictionaries", by_source, (refined / "01_medical_dict.json",))
+    add_recorded("refine_kor_med_test", "refine_scripts/refine_kor_med_test.py",
+                 f"{py} -m refine_scripts.refine_kor_med_test", by_source, (refined / "02_kor_med_test",))
+    add_recorded("verify", "refine_scripts/verify_formats.py", f"{py} -m refine_scripts.verify_formats",
+                 (refined,), ())
+    add_recorded("test_exclusion", "script/run_test_exclusion.sh",
+                 f"PYTHON={py} bash {shlex.quote(str(root / 'script' / 'run_test_exclusion.sh'))}",
+                 (raw / "by_source" / "kormedmcqa", refined), (sets / "sets.json", clean))
     # Can the evaluation sets be answered by copying the nearest training question? The embedded world
     # is built so that they cannot (a failure there is a bug: stop); on real data it is reported.
     probe = " --strict" if config.embedded or options.strict else ""
-    add("leakage_probe", "script/leakage_probe.py", f"{py} -m script.leakage_probe{probe}")
-    add("korean_proficiency", "script/validate_korean_proficiency.py",
-        f"{py} -m script.validate_korean_proficiency --all{gate_proficiency}")
+    add_recorded("leakage_probe", "script/leakage_probe.py", f"{py} -m script.leakage_probe{probe}",
+                 (sets, clean), (clean / "leakage_probe.json",))
+    add_recorded("korean_proficiency", "script/validate_korean_proficiency.py",
+                 f"{py} -m script.validate_korean_proficiency --all{gate_proficiency}",
+                 (refined, clean), (logs / "korean_proficiency.json",))
     if options.data_only:
         return stages
 
@@ -187,7 +229,6 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
     # stays at chance at its size) are also measured that way, base and final, with a summary of its
     # own; their second adapter trains the embeddings.
     cloze = config.mcq_scoring == "cloze"
-    logs = home / "logs"
     trained = {stage: stage_dir(model, stage, home) for stage in (STAGE_00, STAGE_01, STAGE_01_ADAPTER, STAGE_02)}
     raw_adapter = stage_dir(model, RAW_ADAPTER_STAGE, home)
     final, final_info = final_adapter(model, home), trained[STAGE_02] / "training_info.json"
@@ -207,9 +248,12 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
         add("add_lora_adapter_00", "script/add_lora_adapter.py",
             f"{py} -m script.add_lora_adapter {common} --train-embeddings --rslora",
             raw_adapter / "adapter_config.json")
+        # the registry caps train_00's records (the guide's --max-samples 10000) unless --max-samples is given
+        plain_text = "" if options.max_samples or config.pipeline_plain_text_samples is None else \
+            f" --max-samples {config.pipeline_plain_text_samples}"
         add("train_00", "script/train/train_00_plain_text.py",
-            f"{train} script.train.train_00_plain_text {common} --epochs {epochs[0]} --base-model {raw_adapter}",
-            trained[STAGE_00] / "training_info.json")
+            f"{train} script.train.train_00_plain_text {common}{plain_text} --epochs {epochs[0]} "
+            f"--base-model {raw_adapter}", trained[STAGE_00] / "training_info.json")
         first_base = f" --base-model {trained[STAGE_00] / 'final'}"
     add("train_01", "script/train/train_01_with_00_monitor.py",
         f"{train} script.train.train_01_with_00_monitor {common} --epochs {epochs[1]}{first_base}",
@@ -226,10 +270,11 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
         evaluate("final_cloze", str(final), CLOZE_EVAL_ARGS, final_info)
     for suffix in ("", "_cloze") if cloze else ("",):
         if (root / "script/train/train_02_kor_med_test.py").exists():
-            add(f"summary{suffix}", "script/evaluation_report.py",
-                f"{py} -m script.evaluation_report --compare {eval_report(model, 'base' + suffix, home)} "
-                f"{eval_report(model, 'final' + suffix, home)} --names base final "
-                f"--output {logs / f'kormedmcqa_{model}_summary{suffix}.md'}")
+            reports = (eval_report(model, "base" + suffix, home), eval_report(model, "final" + suffix, home))
+            summary = logs / f"kormedmcqa_{model}_summary{suffix}.md"
+            add_recorded(f"summary{suffix}", "script/evaluation_report.py",
+                         f"{py} -m script.evaluation_report --compare {reports[0]} {reports[1]} --names base final "
+                         f"--output {summary}", reports, (summary,))
     return stages
 
 
@@ -244,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--launch", default=None, help="configs/accelerate/<LAUNCH>.yaml to run the trainers under")
     parser.add_argument("--nproc", type=int, default=None, help="processes of a --launch run")
     parser.add_argument("--max-samples", type=int, default=None, help="training records per stage")
+    parser.add_argument("--text-mb", type=float, default=None,
+                        help="download cap of each text corpus in MB (default: the registry's 500; 0: whole)")
     parser.add_argument("--dict-dir", type=Path, default=None, help="your medical dictionaries (README, Dictionaries)")
     parser.add_argument("--allow-sample-dicts", action="store_true", help="a real model on the synthetic sample")
     parser.add_argument("--strict", action="store_true", help="quality gates stop the run")
@@ -252,6 +299,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="check the options, then print 'env<TAB>NAME=VALUE' lines and 'stage<TAB>name<TAB>done"
                            "<TAB>command' lines (done: 1 when its output is there)")
     what.add_argument("--done", metavar="STAGE", help="exit 0 when STAGE finished, 1 when it has to run")
+    what.add_argument("--record", metavar="STAGE",
+                      help="after STAGE succeeded: record its command, code and inputs, so that a restart with "
+                           "nothing changed skips it (a no-op for stages marked by their output)")
     what.add_argument("--final-adapter", action="store_true", help="print the pipeline's final adapter dir")
     return parser
 
@@ -264,9 +314,15 @@ def main(argv: list[str] | None = None) -> int:
         get_model_config(options.model)
         print(final_adapter(options.model))
         return 0
-    if args.done:
-        stage = next((s for s in pipeline_stages(options) if s.name == args.done), None)
-        return 0 if stage is not None and stage.done() else 1
+    if args.done or args.record:
+        name = args.done or args.record
+        stage = next((s for s in pipeline_stages(options) if s.name == name), None)
+        if stage is None:
+            return 1
+        if args.record:
+            stage.write_record()
+            return 0
+        return 0 if stage.done() else 1
     check_options(options)
     for key, value in environment(options).items():
         print(f"env\t{key}={value}")

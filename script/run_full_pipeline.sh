@@ -10,6 +10,7 @@
 #   script/run_full_pipeline.sh --model tiny --dry-run        # list the stages and commands
 #   script/run_full_pipeline.sh --model medgemma-27b --launch zero3 --nproc 4   # trainers under accelerate
 #   other options: --epochs N (every stage), --max-samples N, --force (rerun finished stages),
+#   --text-mb MB (download cap of each text corpus; default 500, 0 = whole),
 #   --dict-dir DIR (your medical dictionaries; required for a MedGemma run) or --allow-sample-dicts,
 #   --strict (quality gates stop the run instead of reporting and going on)
 #
@@ -19,7 +20,9 @@
 # Files: logs/pipeline_<MODEL>.log (everything printed), logs/progress_<MODEL>.txt (stage i/n,
 # step, loss, last eval, ETA), logs/pipeline_<MODEL>.pid (while running). A second start for the
 # same model is refused while one runs; a PID file left by a dead run is cleaned up. Stages that
-# finished are skipped on a restart (training stages resume from their last checkpoint).
+# finished are skipped on a restart: a data stage when its inputs, code and command are unchanged
+# (data/.stages/<stage>.json), a trained one when its output is there (training stages resume from
+# their last checkpoint); --force reruns them all.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,11 +44,12 @@ LAUNCH="${LAUNCH:-}"  # a configs/accelerate/<LAUNCH>.yaml to run the trainers u
 NPROC="${NPROC:-}"
 DRY_RUN=0
 MAX_SAMPLES="${MAX_SAMPLES:-}"
+TEXT_MB="${TEXT_MB:-}"  # download cap of each text corpus in MB (default: the registry's 500; 0: whole)
 DICT_DIR="${DICT_DIR:-}"  # holds 01_medical_dict/{korean_medical_dict,char_dict}.jsonl (README, "Dictionaries")
 ALLOW_SAMPLE_DICTS="${ALLOW_SAMPLE_DICTS:-0}"
 STRICT="${STRICT:-0}"  # 1: the data quality gates (refine rejects, Korean proficiency, leakage) stop the run
 
-usage() { sed -n '2,23p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | grep '^#' | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -60,6 +64,7 @@ while [ $# -gt 0 ]; do
     --nproc) NPROC="$2"; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --max-samples) MAX_SAMPLES="$2"; shift 2 ;;
+    --text-mb) TEXT_MB="$2"; shift 2 ;;
     --dict-dir) DICT_DIR="$2"; shift 2 ;;
     --allow-sample-dicts) ALLOW_SAMPLE_DICTS=1; shift ;;
     --strict) STRICT=1; shift ;;
@@ -139,6 +144,7 @@ plan_args=(--model "$MODEL" --python "$PYTHON")
 [ -n "$LAUNCH" ] && plan_args+=(--launch "$LAUNCH")
 [ -n "$NPROC" ] && plan_args+=(--nproc "$NPROC")
 [ -n "$MAX_SAMPLES" ] && plan_args+=(--max-samples "$MAX_SAMPLES")
+[ -n "$TEXT_MB" ] && plan_args+=(--text-mb "$TEXT_MB")
 [ -n "$DICT_DIR" ] && plan_args+=(--dict-dir "$DICT_DIR")
 [ "$ALLOW_SAMPLE_DICTS" = 1 ] && plan_args+=(--allow-sample-dicts)
 [ "$STRICT" = 1 ] && plan_args+=(--strict)
@@ -167,7 +173,9 @@ while IFS=$'\t' read -r kind first done_now command; do
     stage) STAGES+=("$first|$command"); PLANNED_DONE+=("$done_now") ;;
   esac
 done <<< "$PLAN"
-stage_done() { plan --done "$1"; }  # finished = its output exists (and is newer than what it measured)
+# finished = its output exists (and is newer than what it measured), or, for the data stages and
+# summaries, its command, code and input content are what its last successful run recorded
+stage_done() { plan --done "$1"; }
 
 total=${#STAGES[@]}
 if [ "$DRY_RUN" = 1 ]; then
@@ -212,6 +220,7 @@ for entry in "${STAGES[@]}"; do
     printf 'pipeline: %s\nstage: %s\nstatus: failed\n' "$MODEL" "$PIPELINE_STAGE" > "$PROGRESS_FILE"
     exit 1
   fi
+  plan --record "$name" || echo "=== [$i/$total] $name: could not record its inputs; a restart reruns it" >&2
   echo "=== [$i/$total] $name done in $(( $(date +%s) - start ))s"
 done
 printf 'pipeline: %s\nstage: %s/%s done\nstatus: finished %s\n' "$MODEL" "$total" "$total" "$(date -Is)" > "$PROGRESS_FILE"

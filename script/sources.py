@@ -39,7 +39,10 @@ FEED_DICTIONARY = "dictionary"  # refined/01_medical_dict.json, 02_char_dict.jso
 KMMLU_MEDICAL_SUBJECTS = ["Health", "Biology", "Psychology"]
 
 KORMEDMCQA_CONFIGS = ("doctor", "nurse", "pharm", "dentist")
+PLAIN_TEXT_MB_PER_SOURCE = 500  # three corpora: the guide's ~1.5 GB of refined plain text
 KORMEDMCQA_SPLITS = ("train", "dev", "test", "fewshot")
+KORMEDCONCEPTSQA_CONFIGS = ("kcd8_easy", "kcd8_medium", "kcd8_hard", "kcd8_merged", "atc_easy", "atc_medium",
+                            "atc_hard")
 
 
 @dataclass(frozen=True)
@@ -54,18 +57,24 @@ class Source:
     name: str  # short snake_case name: directory under raw/by_source and "source" of every record
     hub_id: str | None  # None for local (non-hub) files
     configs: tuple[str, ...]
-    splits: tuple[str, ...]
+    splits: tuple[str, ...]  # every split of every config, unless config_splits narrows it per config
     columns: tuple[str, ...]  # expected columns; "a|b" accepts either spelling
     feeds: str  # one of the FEED_* values
     roles: Mapping[str, str] = field(default_factory=dict)
     # Hub repositories holding several file families: split -> file (load_dataset data_files).
     data_files: Mapping[str, str] | None = None
+    # Configs that do not all have the same splits: config -> its splits (each one of ``splits``).
+    config_splits: Mapping[str, tuple[str, ...]] | None = None
     # Local sources: config -> file path relative to the local directory (<mirror>/local).
     local_files: Mapping[str, str] | None = None
     # Splits that are evaluation material (a benchmark's dev/test/fewshot): downloaded, never refined
     # into training data. A source that feeds FEED_EVALUATION is evaluation material as a whole.
     evaluation_splits: tuple[str, ...] = ()
     note: str = ""
+    # Default cap of the download, in MB of raw JSON Lines per part (None: every row). The large text
+    # corpora are capped at the guide's volume (~1.5 GB of plain text over the three of them) and
+    # streamed, so neither the hub cache nor data/raw holds a whole dump; --max-mb overrides.
+    max_mb: float | None = None
     # A stage cannot run without it (KorMedMCQA: train_02 and every evaluation; the dictionaries:
     # train_01). A failed optional source is skipped and the run goes on without it.
     required: bool = False
@@ -76,7 +85,8 @@ class Source:
 
     def parts(self) -> list[tuple[str, str]]:
         """Every (config, split) pair this source has, in a fixed order."""
-        return [(config, split) for config in self.configs for split in self.splits]
+        return [(config, split) for config in self.configs
+                for split in (self.config_splits or {}).get(config, self.splits)]
 
     def is_evaluation_split(self, split: str) -> bool:
         return self.feeds == FEED_EVALUATION or split in self.evaluation_splits
@@ -100,8 +110,6 @@ SOURCES: tuple[Source, ...] = (
            ("question_ko", "answer_ko"), FEED_TYPE1, {"user": "question_ko", "assistant": "answer_ko"}),
     Source("ai_healthcare_qa", "ChuGyouk/AI_healthcare_QA", (DEFAULT_CONFIG,), ("train",),
            ("question", "answer"), FEED_TYPE1, {"user": "question", "assistant": "answer"}),
-    Source("kormedconceptsqa", "ChuGyouk/KorMedConceptsQA", (DEFAULT_CONFIG,), ("train",),
-           ("question", "answer"), FEED_TYPE1, {"user": "question", "assistant": "answer"}),
     Source("komedinstruct_52k", "ChuGyouk/KoMedInstruct-52k", (DEFAULT_CONFIG,), ("train",),
            _INSTRUCTION_COLUMNS, FEED_TYPE1, _INSTRUCTION_ROLES),
     Source("genmedgpt_5k_ko", "ChuGyouk/GenMedGPT-5k-ko", (DEFAULT_CONFIG,), ("train",),
@@ -116,9 +124,10 @@ SOURCES: tuple[Source, ...] = (
            {"question": "question", "reasoning": "chain", "answer": "diagnosis"}),
     # ---- Multiple choice: type 3 ------------------------------------------------------------
     Source("kormedmcqa", "sean0042/KorMedMCQA", KORMEDMCQA_CONFIGS, KORMEDMCQA_SPLITS,
-           ("subject", "year", "period", "q_number", "question", "A", "B", "C", "D", "E", "answer"), FEED_MCQ,
+           ("subject", "year", "period", "q_number", "question", "A", "B", "C", "D", "E", "answer", "cot"), FEED_MCQ,
            evaluation_splits=("dev", "test", "fewshot"), required=True,
-           note="answer is 1-5; dev/test/fewshot of every config are evaluation items: never refined"),
+           note="answer is 1-5; cot is filled in fewshot only; the fewshot rows are drawn from dev; "
+                "dev/test/fewshot of every config are evaluation items: never refined"),
     Source("medqa", "ChuGyouk/MedQA", (DEFAULT_CONFIG,), ("train", "test"),
            ("question_ko", "A_ko", "B_ko", "C_ko", "D_ko", "answer_idx"), FEED_MCQ,
            data_files={"train": "medqa_edited_train.jsonl", "test": "medqa_edited_test.jsonl"},
@@ -127,6 +136,15 @@ SOURCES: tuple[Source, ...] = (
                 "with another schema; only the edited files are read"),
     Source("medqa_evol_ko", "ChuGyouk/MedQA-Evol-Korean", (DEFAULT_CONFIG,), ("train",),
            ("input", "output"), FEED_MCQ, note="options are lines 'A. ...' inside input; answer is '정답: X' in output"),
+    # The hub's current layout (no default config, no train split): KCD-8 disease codes in four
+    # configs with a test split, ATC drug codes in three with dev and test. None of them is an
+    # evaluation set of ours, so every split is training material; kcd8_merged repeats questions of
+    # the other kcd8 configs, which refine's exact-duplicate check drops.
+    Source("kormedconceptsqa", "ChuGyouk/KorMedConceptsQA", KORMEDCONCEPTSQA_CONFIGS, ("dev", "test"),
+           ("question", "option1", "option2", "option3", "option4", "answer_id"), FEED_MCQ,
+           config_splits={config: ("test",) if config.startswith("kcd8") else ("dev", "test")
+                          for config in KORMEDCONCEPTSQA_CONFIGS},
+           note="four options option1-option4; answer_id is the letter A-D"),
     Source("kormedlawqa", "snuh/KorMedLawQA", (DEFAULT_CONFIG,), ("train",),
            ("question", "options", "answer"), FEED_MCQ, note="options is a list of 5 strings; answer is a letter"),
     # ---- Evaluation only ----------------------------------------------------------------------
@@ -134,11 +152,14 @@ SOURCES: tuple[Source, ...] = (
            ("question", "answer", "A", "B", "C", "D", "Category", "Human Accuracy"), FEED_EVALUATION,
            note="answer is 1-4; chosen subset KMMLU_MEDICAL_SUBJECTS; never training data"),
     # ---- Korean plain text (train_00) ---------------------------------------------------------
-    Source("c4_ko", "allenai/c4", ("ko",), ("train",), ("text", "timestamp", "url"), FEED_PLAIN_TEXT),
+    Source("c4_ko", "allenai/c4", ("ko",), ("train",), ("text", "timestamp", "url"), FEED_PLAIN_TEXT,
+           max_mb=PLAIN_TEXT_MB_PER_SOURCE, note="whole: ~3 GB in the guide's copy"),
     Source("namuwiki", "heegyu/namuwiki", (DEFAULT_CONFIG,), ("train",),
-           ("title", "text", "contributors", "namespace"), FEED_PLAIN_TEXT),
+           ("title", "text", "contributors", "namespace"), FEED_PLAIN_TEXT,
+           max_mb=PLAIN_TEXT_MB_PER_SOURCE, note="whole: ~18 GB in the guide's copy"),
     Source("wikipedia_ko", "wikimedia/wikipedia", ("20231101.ko",), ("train",),
-           ("id", "url", "title", "text"), FEED_PLAIN_TEXT),
+           ("id", "url", "title", "text"), FEED_PLAIN_TEXT,
+           max_mb=PLAIN_TEXT_MB_PER_SOURCE, note="whole: ~3 GB in the guide's copy"),
     # ---- Local dictionaries (train_01); not on the hub -----------------------------------------
     Source("medical_dict", None, ("korean_medical_dict", "korean_animal_medical_dict"), ("train",),
            ("term", "definition"), FEED_DICTIONARY,
@@ -207,8 +228,13 @@ def check_registry() -> list[str]:
                 problems.append(f"{source.name}: role {role!r} uses {column!r}, which is not an expected column")
         if source.is_local and set(source.local_files or {}) != set(source.configs):
             problems.append(f"{source.name}: local_files must name a file for every config")
+        if source.config_splits is not None and (set(source.config_splits) != set(source.configs) or any(
+                not set(splits) <= set(source.splits) for splits in source.config_splits.values())):
+            problems.append(f"{source.name}: config_splits must give every config splits among {source.splits}")
         if source.data_files is not None and set(source.data_files) != set(source.splits):
             problems.append(f"{source.name}: data_files must name a file for every split")
+        if source.max_mb is not None and source.max_mb <= 0:
+            problems.append(f"{source.name}: max_mb must be positive (None: no cap)")
         unknown = set(source.evaluation_splits) - set(source.splits)
         if unknown:
             problems.append(f"{source.name}: evaluation_splits {sorted(unknown)} are not among its splits")
@@ -221,5 +247,6 @@ if __name__ == "__main__":
     for source in SOURCES:
         held_out = [split for split in source.splits if source.is_evaluation_split(split)]
         print(f"{source.name:26} {source.feeds:11} {source.origin_label():45} "
-              f"configs={','.join(source.configs)} splits={','.join(source.splits)}"
-              + (f" evaluation={','.join(held_out)}" if held_out else ""))
+              f"parts={','.join(f'{c}/{s}' for c, s in source.parts())}"
+              + (f" evaluation={','.join(held_out)}" if held_out else "")
+              + (f" cap={source.max_mb:g}MB" if source.max_mb else ""))

@@ -68,6 +68,9 @@ class ModelConfig:
     embedded: bool = False  # built here and trained offline on the shipped sample mirror; strict leakage probe
     pipeline_epochs: tuple[int, int, int] = (1, 3, 5)  # train_00 / 01 / 02 defaults: the guide's MedGemma run
     eval_max_new_tokens: int | None = None  # reasoning budget of the pipeline's KorMedMCQA evaluations (None: default)
+    # Plain-text records train_00 reads in the pipeline (None: all): the guide's `--max-samples 10000`
+    # for MedGemma, so a first real run is hours, not days; the embedded model reads its whole sample.
+    pipeline_plain_text_samples: int | None = 10000
 
     def __post_init__(self) -> None:
         if self.lora_r <= 0 or self.lora_alpha <= 0:
@@ -119,6 +122,7 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         # third train_02 epoch was once chosen on the 604 set; nothing on the steering set supports it.
         pipeline_epochs=(2, 2, 2),
         eval_max_new_tokens=96,  # tiny's simple reasoning over five options fits in ~80 tokens
+        pipeline_plain_text_samples=None,
         mcq_scoring="cloze",
     ),
     "medgemma-4b": ModelConfig(

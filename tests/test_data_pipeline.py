@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 # The suite never reaches the hub, even when run without the documented variables (set before
@@ -23,6 +24,7 @@ from refine_scripts import refine_4types, verify_formats  # noqa: E402
 from refine_scripts.refine_4types import (  # noqa: E402
     RowReject,
     is_short_answer,
+    kormedconceptsqa_item,
     kormedlawqa_item,
     kormedmcqa_item,
     medqa_evol_item,
@@ -33,9 +35,9 @@ from refine_scripts.refine_4types import (  # noqa: E402
     split_of,
 )
 from script import download_all_datasets  # noqa: E402
-from script.data_io import read_json, sha256_file  # noqa: E402
+from script.data_io import DataError, read_json, sha256_file  # noqa: E402
 from script.formats import SYSTEM_PROMPTS, TRAINING_TYPES, TYPE2_TEXT_REASONING, TYPE4_WORD_REASONING  # noqa: E402
-from script.sources import KMMLU_MEDICAL_SUBJECTS, check_registry, get_source, raw_path  # noqa: E402
+from script.sources import KMMLU_MEDICAL_SUBJECTS, SOURCES, check_registry, get_source, raw_path  # noqa: E402
 from script.training_config import SAMPLE_DATA_DIR  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore")
@@ -195,16 +197,16 @@ def test_download_reports_wrong_columns_and_goes_on(tmp_path, capsys):
 def test_download_redoes_a_source_whose_file_changed(tmp_path, capsys):
     mirror = tmp_path / "mirror"
     make_mirror_dataset(mirror, "ChuGyouk/AI_healthcare_QA", [{"question": "q", "answer": "a"}])
-    make_mirror_dataset(mirror, "ChuGyouk/KorMedConceptsQA", [{"question": "q2", "answer": "a2"}])
-    only = ("--only", "ai_healthcare_qa", "kormedconceptsqa")
+    make_mirror_dataset(mirror, "ChuGyouk/HealthSearchQA-ko", [{"question_ko": "q2", "answer_ko": "a2"}])
+    only = ("--only", "ai_healthcare_qa", "healthsearchqa_ko")
     assert download(tmp_path / "raw", tmp_path / "cache", *only, from_dir=mirror) == 0
     tampered = raw_path(tmp_path / "raw", "ai_healthcare_qa", "default", "train")
     tampered.write_text("{}\n")
     capsys.readouterr()
     assert download(tmp_path / "raw", tmp_path / "cache", *only, from_dir=mirror) == 0
     summary = capsys.readouterr().out
-    assert "ai_healthcare_qa  downloaded" in summary
-    assert "kormedconceptsqa  skipped" in summary
+    assert re.search(r"ai_healthcare_qa +downloaded", summary)
+    assert re.search(r"healthsearchqa_ko +skipped", summary)
     assert read_records(tampered) == [{"question": "q", "answer": "a"}]
 
 
@@ -309,6 +311,18 @@ def test_medqa_evol_unparseable_rows_are_rejected(row, reason):
         medqa_evol_item(row)
 
 
+def test_kormedconceptsqa_option_columns_become_letters():
+    item = kormedconceptsqa_item({"question": "'Asthma'에 해당하는 한국어 질병명은?", "option1": "천식",
+                                  "option2": "폐렴", "option3": "결핵", "option4": "비염", "answer_id": "A"})
+    assert item.options == {"A": "천식", "B": "폐렴", "C": "결핵", "D": "비염"} and item.answer == "A"
+    with pytest.raises(RowReject, match="not one of the option letters"):
+        kormedconceptsqa_item({"question": "q", "option1": "a", "option2": "b", "option3": "c", "option4": "d",
+                               "answer_id": "E"})
+    with pytest.raises(RowReject, match="should be a letter"):  # a 0- or 1-based number is refused, not guessed
+        kormedconceptsqa_item({"question": "q", "option1": "a", "option2": "b", "option3": "c", "option4": "d",
+                               "answer_id": 1})
+
+
 def test_kormedlawqa_list_options_become_letters():
     item = kormedlawqa_item({"question": "의료법상 옳은 것은?", "options": ["가", "나", "다", "라", "마"], "answer": "D"})
     assert item.options == {"A": "가", "B": "나", "C": "다", "D": "라", "E": "마"} and item.answer == "D"
@@ -325,13 +339,14 @@ def test_duplicates_are_dropped_and_counted(tmp_path):
     raw, out = tmp_path / "raw", tmp_path / "out"
     row = {"question": "폐렴이란?", "answer": "폐의 염증입니다."}
     write_lines(raw_path(raw, "ai_healthcare_qa", "default", "train"), [row, row, {"question": "기침?", "answer": "증상"}])
-    write_lines(raw_path(raw, "kormedconceptsqa", "default", "train"), [row])  # same messages, other source
+    write_lines(raw_path(raw, "asan_amc_healthinfo", "default", "train"),  # same messages, other source
+                [{"instruction": row["question"], "input": "", "output": row["answer"]}])
     assert refine(raw, out) == 0
     stats = read_json(out / "refine_stats.json")
-    assert stats["sources"]["ai_healthcare_qa"] == {
-        "read": 3, "kept": 2, "duplicates": 1, "rejects": 0,
-        "kept_by_type": {"type1_text": 2}, "kept_by_part": {"default/train": 2}}
-    assert stats["sources"]["kormedconceptsqa"]["duplicates"] == 1
+    assert stats["sources"]["ai_healthcare_qa"] == {  # read after asan (registry order)
+        "read": 3, "kept": 1, "duplicates": 2, "rejects": 0,
+        "kept_by_type": {"type1_text": 1}, "kept_by_part": {"default/train": 1}}
+    assert stats["sources"]["asan_amc_healthinfo"]["kept"] == 1
     assert stats["types"]["type1_text"]["kept"] == 2 and stats["types"]["type1_text"]["duplicates"] == 2
     assert len(refined_records(out)["type1_text"]) == 2
 
@@ -509,3 +524,53 @@ def test_cli_help_runs():
             module.main(["--help"])
         assert exit_info.value.code == 0
 
+
+
+# ---------------------------------------------------------------------------
+# Volume caps and revisions
+# ---------------------------------------------------------------------------
+def make_namuwiki_mirror(root: Path, rows: int) -> None:
+    """heegyu/namuwiki's schema, ~1 KB per row, default config."""
+    make_mirror_dataset(root, "heegyu/namuwiki", [
+        {"title": f"문서 {i}", "text": "가" * 330 + f" {i}", "contributors": "x", "namespace": ""}
+        for i in range(rows)])
+
+
+def test_text_corpora_are_capped_streamed_and_the_cap_is_part_of_the_identity(tmp_path, capsys):
+    mirror, out = tmp_path / "mirror", tmp_path / "raw"
+    make_namuwiki_mirror(mirror, 200)  # ~200 KB
+    only = ("--only", "namuwiki")
+    assert download(out, tmp_path / "cache", *only, "--max-mb", "0.05", from_dir=mirror) == 0
+    manifest = read_json(out / "manifest.json")
+    entry = manifest["parts"]["namuwiki/default/train"]
+    assert entry["capped"] and entry["max_mb"] == 0.05 and 45 <= entry["rows"] <= 55
+    assert 50_000 <= entry["bytes"] < 52_000 and entry["bytes"] == raw_path(out, "namuwiki", "default",
+                                                                            "train").stat().st_size
+    assert "capped at 0.05 MB per part" in capsys.readouterr().out
+    assert download(out, tmp_path / "cache", *only, "--max-mb", "0.05", from_dir=mirror) == 0
+    assert re.search(r"namuwiki +skipped", capsys.readouterr().out)
+    assert download(out, tmp_path / "cache", *only, "--max-mb", "0", from_dir=mirror) == 0  # whole
+    entry = read_json(out / "manifest.json")["parts"]["namuwiki/default/train"]
+    assert entry["rows"] == 200 and not entry["capped"] and entry["max_mb"] is None
+    assert download(out, tmp_path / "cache", *only, from_dir=mirror) == 0  # the registry's 500 MB
+    entry = read_json(out / "manifest.json")["parts"]["namuwiki/default/train"]
+    assert entry["rows"] == 200 and entry["max_mb"] == get_source("namuwiki").max_mb == 500
+
+
+def test_every_hub_source_has_a_revision_entry_and_pins_are_written_back(tmp_path):
+    revisions = download_all_datasets.load_revisions(download_all_datasets.REVISIONS_FILE)
+    assert set(revisions) == {s.hub_id for s in SOURCES if not s.is_local}
+    path = tmp_path / "revisions.json"
+    path.write_text(json.dumps({"revisions": {"sean0042/KorMedMCQA": None, "allenai/c4": "abc"}}))
+    manifest = {"parts": {"kormedmcqa/doctor/test": {"origin": "hub", "hub_id": "sean0042/KorMedMCQA",
+                                                     "commit": "f00d"},
+                          "medqa/default/train": {"origin": "dir", "hub_id": "ChuGyouk/MedQA", "commit": None}}}
+    assert download_all_datasets.pin_revisions(path, manifest) == 1
+    assert download_all_datasets.load_revisions(path) == {"sean0042/KorMedMCQA": "f00d", "allenai/c4": "abc"}
+    settings = download_all_datasets.Settings(tmp_path, None, tmp_path, None, None, False,
+                                              revisions={"allenai/c4": "abc"})
+    assert settings.revision(get_source("c4_ko")) == "abc" and settings.revision(get_source("namuwiki")) is None
+    assert download_all_datasets.identity(get_source("c4_ko"), "ko", "train", settings)["revision"] == "abc"
+    path.write_text(json.dumps({"revisions": ["not", "a", "mapping"]}))
+    with pytest.raises(DataError, match="expected"):
+        download_all_datasets.load_revisions(path)

@@ -151,6 +151,23 @@ def test_set_sizes_from_tiny_raw_dir(raw_dir):
     assert len(sets["steer"]) == 2 + 1 + 1 + 1
 
 
+def test_guide604_scores_a_fewshot_row_that_repeats_a_dev_question_once(tmp_path, capsys):
+    """Upstream draws fewshot from dev: the repeat is dropped, its cot kept, the row count reported."""
+    dev = [upstream_row("doctor", "dev", i) for i in range(3)]
+    fewshot = [dict(dev[1], cot="해설: 정답은 A이다."), upstream_row("doctor", "fewshot", 0)]
+    raw = make_raw(tmp_path / "raw", {("doctor", "dev"): dev, ("doctor", "test"): [upstream_row("doctor", "test", 0)],
+                                      ("doctor", "fewshot"): fewshot})
+    guide = build_sets(ItemSource(raw_dir=raw))["guide604"]
+    assert len(guide) == 5 and [i["split"] for i in guide] == ["dev", "dev", "dev", "test", "fewshot"]
+    assert guide[1]["meta"]["repeated_as"] == ["kormedmcqa/doctor/fewshot/2021-1-2"]
+    assert guide[1]["meta"]["cot"] == "해설: 정답은 A이다."
+    out = tmp_path / "sets"
+    assert extract_cli.main(["--raw-dir", str(raw), "--output-dir", str(out)]) == 0
+    manifest = json.loads((out / "sets.json").read_text(encoding="utf-8"))["sets"]["guide604"]
+    assert (manifest["rows"], manifest["items"], manifest["repeats_dropped"]) == (6, 5, 1)
+    assert "guide604: 6 rows, 5 questions scored (1 fewshot rows repeat a dev question" in capsys.readouterr().out
+
+
 def test_steer_is_deterministic_train_only_and_disjoint_from_tests(raw_dir):
     first = build_sets(ItemSource(raw_dir=raw_dir))
     second = build_sets(ItemSource(raw_dir=raw_dir))

@@ -228,10 +228,89 @@ def test_a_stage_is_done_when_its_output_is_newer_than_what_it_measured(tmp_path
     assert stage.done()
     os.utime(trained, (3_000, 3_000))  # the model retrained after it was scored
     assert not stage.done()
-    assert not Stage("refine", "refine_scripts/refine_4types.py", "true").done()  # no output: always reruns
+    assert not Stage("refine", "refine_scripts/refine_4types.py", "true").done()  # no output: never done
+
+
+def test_a_recorded_stage_is_current_while_its_command_code_and_input_content_are(tmp_path):
+    from script.stage_records import code_digest, code_files, record_path, stage_is_current, write_stage_record
+
+    root = tmp_path / "project"
+    (root / "script").mkdir(parents=True)
+    (root / "script" / "stage.py").write_text("from script import helper\n")
+    (root / "script" / "helper.py").write_text("import script.deep\n")
+    (root / "script" / "deep.py").write_text("X = 1\n")
+    (root / "script" / "unrelated.py").write_text("Y = 1\n")
+    inputs, output = tmp_path / "raw", tmp_path / "out.json"
+    (inputs / "a").mkdir(parents=True)
+    (inputs / "a" / "rows.jsonl").write_text('{"q": 1}\n')
+    output.write_text("{}")
+    record = record_path(tmp_path / "data", "refine")
+    script = root / "script" / "stage.py"
+    assert [p.name for p in code_files(script, root)] == ["deep.py", "helper.py", "stage.py"]
+
+    def current(command="run") -> bool:
+        return stage_is_current(record, command, code_digest(script, root), (inputs,), (output,))
+
+    assert not current()  # never recorded
+    write_stage_record(record, "run", code_digest(script, root), (inputs,))
+    assert current() and not current("run --strict")
+    os.utime(inputs / "a" / "rows.jsonl", (5_000, 5_000))
+    assert current()  # rewritten with the same content: still current
+    (root / "script" / "unrelated.py").write_text("Y = 2\n")
+    assert current()  # code the stage cannot run does not count
+    (root / "script" / "deep.py").write_text("X = 2\n")
+    assert not current()  # an imported module changed
+    write_stage_record(record, "run", code_digest(script, root), (inputs,))
+    (inputs / "a" / "rows.jsonl").write_text('{"q": 2}\n')
+    assert not current()
+    write_stage_record(record, "run", code_digest(script, root), (inputs,))
+    (inputs / "b.jsonl").write_text("{}\n")
+    assert not current()  # a new input file
+    write_stage_record(record, "run", code_digest(script, root), (inputs,))
+    output.unlink()
+    assert not current()  # its output is gone
+    output.write_text("{}")
+    record.write_text("not json")
+    assert not current()
+
+
+def test_a_second_data_run_with_nothing_changed_skips_every_stage(tmp_path):
+    """The data stages on the sample mirror, twice, then once more after a raw file changed."""
+    first = run_script(tmp_path, "--data-only", timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    stages = re.findall(r"=== \[\d+/\d+\] (\w+) done in", first.stdout)
+    assert stages[:2] == ["download", "refine"] and "korean_proficiency" in stages
+    second = run_script(tmp_path, "--data-only", timeout=300)
+    assert second.returncode == 0
+    assert re.findall(r"=== \[\d+/\d+\] (\w+): already finished, skipped", second.stdout) == stages
+    law = tmp_path / "data" / "raw" / "by_source" / "kormedlawqa" / "default" / "train.jsonl"
+    law.write_text("\n".join(law.read_text(encoding="utf-8").splitlines()[:-1]) + "\n", encoding="utf-8")
+    third = run_script(tmp_path, "--data-only", timeout=300)
+    assert third.returncode == 0
+    rerun = re.findall(r"=== \[\d+/\d+\] (\w+) done in", third.stdout)
+    assert "download" not in rerun and rerun[:4] == ["refine", "refine_plain_text", "refine_dictionaries",
+                                                     "refine_kor_med_test"]
+    forced = run_script(tmp_path, "--data-only", "--dry-run", "--force")
+    assert "(would run)" in forced.stdout and "would skip" not in forced.stdout
 
 
 def test_an_unknown_launch_config_is_refused_before_any_stage(tmp_path):
     refused = run_dry(tmp_path, "tiny", "--launch", "nonesuch")
     assert refused.returncode == 2 and "--launch nonesuch" in refused.stderr and "ddp" in refused.stderr
     assert not [line for line in refused.stdout.splitlines() if line.startswith("[")]
+
+
+def test_volume_settings_reach_the_download_and_train_00(tmp_path):
+    """train_00 reads the registry's plain-text cap (the guide's 10,000 for MedGemma, all for tiny);
+    --max-samples replaces it; --text-mb becomes the download's --max-mb."""
+    from script.pipeline_stages import PipelineOptions, pipeline_stages
+
+    def commands(model: str, **options) -> dict[str, str]:
+        return {s.name: s.command for s in pipeline_stages(PipelineOptions(model, python="py", **options),
+                                                            home=tmp_path)}
+
+    assert "--max-samples 10000" in commands("medgemma-4b", allow_sample_dicts=True)["train_00"]
+    assert "--max-samples" not in commands("tiny")["train_00"]
+    assert commands("medgemma-4b", max_samples=50)["train_00"].count("--max-samples") == 1
+    assert "--max-mb 0" in commands("tiny", text_mb=0.0)["download"]
+    assert "--max-mb" not in commands("tiny")["download"]

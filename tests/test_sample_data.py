@@ -29,13 +29,17 @@ KMM_COLUMNS = ["subject", "year", "period", "q_number", "question", "A", "B", "C
 KMMLU_COLUMNS = ["question", "answer", "A", "B", "C", "D", "Category", "Human Accuracy"]
 KMM_SPLITS = ["train", "dev", "test", "fewshot"]
 KMMLU_SPLITS = ["train", "dev", "test"]
+KMCQA_COLUMNS = ["question", "option1", "option2", "option3", "option4", "answer_id"]
 
 # hub id -> config -> (splits, upstream columns in order)
 EXPECTED: dict[str, dict[str, tuple[list[str], list[str]]]] = {
     "ChuGyouk/Asan-AMC-Healthinfo": {"default": (["train"], ["instruction", "input", "output"])},
     "ChuGyouk/HealthSearchQA-ko": {"default": (["train"], ["question_ko", "answer_ko"])},
     "ChuGyouk/AI_healthcare_QA": {"default": (["train"], ["question", "answer"])},
-    "ChuGyouk/KorMedConceptsQA": {"default": (["train"], ["question", "answer"])},
+    # the hub's current layout: no default config; kcd8_* have test only, atc_* dev and test
+    "ChuGyouk/KorMedConceptsQA": {
+        **{f"kcd8_{level}": (["test"], KMCQA_COLUMNS) for level in ("easy", "medium", "hard", "merged")},
+        **{f"atc_{level}": (["dev", "test"], KMCQA_COLUMNS) for level in ("easy", "medium", "hard")}},
     "ChuGyouk/KoMedInstruct-52k": {"default": (["train"], ["instruction", "input", "output"])},
     "ChuGyouk/GenMedGPT-5k-ko": {"default": (["train"], ["instruction", "input", "output"])},
     "ChuGyouk/medical-o1-reasoning-SFT-Ko": {"default": (["train"], ["Question", "Complex_Cot", "Response"])},
@@ -86,6 +90,22 @@ def test_loads_with_upstream_columns(hub_id: str, config: str, hf_cache: str) ->
         assert len(ds) > 0
 
 
+def test_registry_matches_the_pinned_hub_layout() -> None:
+    """script/sources.py reads each hub source with exactly the configs and splits pinned above, and
+    every column it expects is one the mirror (the hub's schema) has."""
+    from script.sources import SOURCES, spellings
+
+    for source in SOURCES:
+        if source.is_local:
+            continue
+        pinned = EXPECTED[source.hub_id]
+        assert sorted(source.parts()) == sorted((c, s) for c, (splits, _) in pinned.items() for s in splits), \
+            source.name
+        for config, (_, columns) in pinned.items():
+            for column in source.columns:
+                assert any(name in columns for name in spellings(column)), f"{source.name}/{config}: {column}"
+
+
 def test_every_dataset_dir_is_declared() -> None:
     """No dataset directory is left untested, and each README says the data is synthetic."""
     readmes = {p.parent.relative_to(SAMPLE).as_posix() for p in SAMPLE.glob("*/*/README.md")}
@@ -100,7 +120,7 @@ def test_every_dataset_dir_is_declared() -> None:
 
 def test_kormedmcqa_counts_years_and_cot() -> None:
     doctor_eval = sum(len(kmm_rows("doctor", s)) for s in ["dev", "test", "fewshot"])
-    assert doctor_eval == 604
+    assert doctor_eval == 604  # rows; 599 questions, since the fewshot rows repeat dev rows
     assert len(kmm_rows("doctor", "train")) == 400
     for cfg in ["nurse", "pharm", "dentist"]:
         assert [len(kmm_rows(cfg, s)) for s in KMM_SPLITS] == [80, 30, 60, 5]
@@ -112,14 +132,30 @@ def test_kormedmcqa_counts_years_and_cot() -> None:
                 assert (r["cot"] != "") == (split == "fewshot")
                 if split == "train":
                     assert r["year"] <= 2020
-                elif split == "dev":
+                elif split in ("dev", "fewshot"):
                     assert r["year"] == 2021
                 elif split == "test":
                     assert 2022 <= r["year"] <= 2024
 
 
+def test_kormedmcqa_fewshot_rows_are_dev_rows_with_cot() -> None:
+    """As upstream: each config's five fewshot rows are questions of its dev split, with cot."""
+    for cfg in ["doctor", "nurse", "pharm", "dentist"]:
+        dev = [{k: v for k, v in r.items() if k != "cot"} for r in kmm_rows(cfg, "dev")]
+        fewshot = kmm_rows(cfg, "fewshot")
+        assert len(fewshot) == 5 and all(r["cot"] for r in fewshot)
+        assert all({k: v for k, v in r.items() if k != "cot"} in dev for r in fewshot)
+
+
+def test_kormedconceptsqa_rows_are_four_option_mcqs() -> None:
+    for path in sorted((SAMPLE / "ChuGyouk" / "KorMedConceptsQA" / "data").rglob("*.jsonl")):
+        for r in read_jsonl(path):
+            options = [r[f"option{i}"] for i in range(1, 5)]
+            assert len(set(options)) == 4 and r["answer_id"] in "ABCD", path
+
+
 def test_kormedmcqa_stems_unique_and_options_distinct() -> None:
-    rows = all_kmm_rows()
+    rows = [r for r in all_kmm_rows() if not r["cot"]]  # fewshot rows repeat dev rows (above)
     stems = Counter(r["question"] for r in rows)
     assert [q for q, n in stems.items() if n > 1] == []
     for r in rows:
@@ -212,7 +248,7 @@ def _source_text(hub_id: str, columns: list[str]) -> str:
 
 def test_training_sources_state_every_fact() -> None:
     type1_ids = ["ChuGyouk/Asan-AMC-Healthinfo", "ChuGyouk/HealthSearchQA-ko", "ChuGyouk/AI_healthcare_QA",
-                 "ChuGyouk/KorMedConceptsQA", "ChuGyouk/KoMedInstruct-52k", "ChuGyouk/GenMedGPT-5k-ko"]
+                 "ChuGyouk/KoMedInstruct-52k", "ChuGyouk/GenMedGPT-5k-ko"]
     type1 = "\n".join(_source_text(h, EXPECTED[h]["default"][1]) for h in type1_ids)
     plain = "\n".join(_source_text(h, ["text"]) for h in ["allenai/c4", "heegyu/namuwiki", "wikimedia/wikipedia"])
     for corpus in (type1, plain):

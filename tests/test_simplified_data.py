@@ -239,7 +239,8 @@ def test_kor_med_test_train_excludes_every_evaluation_item(sample_raw, tmp_path)
     train = read_jsonl(out / "train.jsonl").records
     test = read_jsonl(out / "test.jsonl").records
     stats = json.loads((out / "stats.json").read_text())
-    assert len(test) == 604 and stats["test"]["set"] == "guide604"
+    # 604 rows; the five fewshot rows repeat dev questions and are kept once
+    assert len(test) == 599 and stats["test"]["set"] == "guide604"
 
     sets = build_sets(ItemSource(raw_dir=raw))
     index = EvaluationIndex(dedupe_items(sets["guide604"] + sets["official"] + sets["steer"]))
@@ -362,3 +363,18 @@ def test_bench_data_prints_json_with_expected_keys(sample_raw, capsys):
     assert plain["peak_rss_mb_1x"] > 0 and plain["peak_rss_mb_10x"] > 0
     assert plain["runs"]["10x"]["records_in"] == 10 * plain["runs"]["1x"]["records_in"]
     assert plain["runs"]["10x"]["records_out"] == plain["runs"]["10x"]["records_in"]  # copies are not duplicates
+
+
+def test_bench_text_volume_caps_the_download_and_reports_disk(tmp_path, capsys):
+    from script.bench import bench_text_volume
+
+    assert bench_text_volume.main(["--gb", "0.004", "--cap-mb", "0.002", "--workdir", str(tmp_path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    stages = result["stages"]
+    assert result["input"]["mb"] >= 4 and result["cap_mb"] == 0.002
+    assert stages["download_capped"]["capped"] and stages["download_capped"]["rows"] < result["input"]["rows"]
+    assert stages["download_capped"]["cache_mb"] == 0.0  # streamed: nothing cached
+    assert not stages["download_whole"]["capped"] and stages["download_whole"]["rows"] == result["input"]["rows"]
+    for stage in stages.values():
+        assert stage["seconds"] > 0 and stage["peak_rss_mb"] > 0
+    assert result["disk_peak_mb"] >= stages["download_capped"]["raw_mb"] > 0

@@ -64,7 +64,8 @@ SET_BYTES_PER_DIGEST = 75  # refine_plain_text's measured cost of one dedup dige
 TAG_SYLLABLES = 16
 
 # The field that carries the question of each MCQ source (type 1 / reasoning sources use their roles).
-_MCQ_QUESTION = {"kormedmcqa": "question", "medqa": "question_ko", "medqa_evol_ko": "input", "kormedlawqa": "question"}
+_MCQ_QUESTION = {"kormedmcqa": "question", "medqa": "question_ko", "medqa_evol_ko": "input", "kormedlawqa": "question",
+                 "kormedconceptsqa": "question"}
 
 
 # ---------------------------------------------------------------------------
@@ -207,7 +208,7 @@ def bench_plain_text(work: Path, base_raw: Path, scale: int, multiplier: int) ->
                            ["--input", str(raw), "--output", str(out)], home, logs / label)
         stats = read_json(out / "stats.json")
         runs[label] = stage | {"records_in": rows, "records_out": stats["totals"]["kept"],
-                               "shards": len(stats["shards"]), "input_mb": round(_size_mb(raw), 1),
+                               "shards": len(stats["shards"]), "input_mb": round(folder_mb(raw), 1),
                                "dedup_digests": stats["dedup"]["digests"]}
         shutil.rmtree(raw, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
@@ -225,7 +226,7 @@ def bench_plain_text(work: Path, base_raw: Path, scale: int, multiplier: int) ->
     }
 
 
-def _size_mb(folder: Path) -> float:
+def folder_mb(folder: Path) -> float:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 1e6
 
 

@@ -570,9 +570,11 @@ def steer_positions(config: str, keys: Sequence[tuple[int, int, int]]) -> set[in
 
 def build_kormedmcqa(seed: int) -> HubDataset:
     """Train rows ask about train conditions, except the rows the steering draw takes, which ask
-    about steer conditions; dev/test/fewshot rows of every config ask about eval conditions."""
+    about steer conditions; dev/test rows of every config ask about eval conditions, and the five
+    fewshot rows are dev rows with their explanation in ``cot``, as upstream draws them."""
     rng = random.Random(f"{seed}:kormedmcqa")
-    seen: set[str] = set()  # stems are unique across all configs and splits
+    seen: set[str] = set()  # stems are unique across all configs and splits (fewshot repeats dev)
+    dev_explanations: list[str] = []
     configs: dict[str, Splits] = {}
     provenance: dict[tuple[str, str], list[dict]] = {}
     for config, counts in KMM_COUNTS.items():
@@ -580,6 +582,12 @@ def build_kormedmcqa(seed: int) -> HubDataset:
         q_numbers: dict[tuple[int, int], int] = {}
         weights = KMM_WEIGHTS[config]
         for split, count in counts.items():
+            if split == "fewshot":  # upstream: five dev questions with a professional's explanation
+                picked = sorted(random.Random(f"{seed}:kormedmcqa:fewshot:{config}").sample(
+                    range(len(configs[config]["dev"])), count))
+                configs[config][split] = [dict(configs[config]["dev"][i], cot=dev_explanations[i]) for i in picked]
+                provenance[(config, split)] = [provenance[(config, "dev")][i] for i in picked]
+                continue
             keys = kmm_row_keys(split, count, q_numbers)
             if split == "train":
                 steer_at = steer_positions(config, keys)
@@ -593,11 +601,11 @@ def build_kormedmcqa(seed: int) -> HubDataset:
                                        pool=HELD_OUT_CONDITIONS)
             rows: Rows = []
             for (year, period, q_number), item in zip(keys, items):
-                letter = LETTERS[item.answer]
-                cot = f"{item.explanation} 따라서 정답은 {letter}이다." if split == "fewshot" else ""
                 rows.append({"subject": config, "year": year, "period": period,
                              "q_number": q_number, "question": item.stem,
-                             **letter_rows(item, 5), "answer": item.answer + 1, "cot": cot})
+                             **letter_rows(item, 5), "answer": item.answer + 1, "cot": ""})
+            if split == "dev":
+                dev_explanations = [f"{item.explanation} 따라서 정답은 {LETTERS[item.answer]}이다." for item in items]
             configs[config][split] = rows
             provenance[(config, split)] = [item_provenance(item) for item in items]
     return HubDataset("sean0042/KorMedMCQA", configs, provenance=provenance)
@@ -818,31 +826,84 @@ def build_ai_healthcare_qa(seed: int) -> HubDataset:
     return HubDataset("ChuGyouk/AI_healthcare_QA", {"default": {"train": rows}})
 
 
+KORMEDCONCEPTSQA_ROWS = {  # config -> split -> rows; the hub's layout (UPSTREAM_FACTS.md)
+    "kcd8_easy": {"test": 30}, "kcd8_medium": {"test": 30}, "kcd8_hard": {"test": 20},
+    "atc_easy": {"dev": 5, "test": 20}, "atc_medium": {"dev": 5, "test": 20}, "atc_hard": {"dev": 5, "test": 15},
+}
+KCD8_MERGED_FROM_EACH = 10  # kcd8_merged: rows repeated from each of easy/medium/hard, then new ones
+KCD8_MERGED_NEW = 10
+
+
+def _concept_distractors(rng: random.Random, gold: Condition, pool: Sequence[Condition], level: str,
+                         same: Callable[[Condition], str]) -> list[Condition]:
+    """Three other conditions: from other divisions (easy), any (medium), the same division where it
+    has enough (hard); never one whose asked-for field equals the gold's."""
+    others = [c for c in pool if c.id != gold.id and same(c) != same(gold)]
+    if level == "easy":
+        narrowed = [c for c in others if c.top_division != gold.top_division]
+    elif level == "hard":
+        narrowed = [c for c in others if c.top_division == gold.top_division]
+    else:
+        narrowed = others
+    candidates = narrowed if len(narrowed) >= 3 else others
+    chosen: list[Condition] = []
+    for c in rng.sample(candidates, len(candidates)):
+        if all(same(c) != same(o) for o in chosen):
+            chosen.append(c)
+        if len(chosen) == 3:
+            return chosen
+    raise RuntimeError(f"not enough distinct distractors for {gold.id}")
+
+
+KCD8_QUESTION = "영어 질병명 '{en}'에 해당하는 KCD-8 한국어 질병명은?"
+ATC_QUESTION = "ATC 분류의 '{treatment}'이(가) 일차 치료로 쓰이는 질환은?"
+
+
+def concept_row(rng: random.Random, question: str, gold: Condition, pool: Sequence[Condition], level: str,
+                family: str) -> dict:
+    """One row: the gold and three distractors, shuffled, as option1-option4; answer_id its letter."""
+    asked = (lambda c: c.ko) if family == "kcd8" else (lambda c: c.treatment)
+    options = [gold, *_concept_distractors(rng, gold, pool, level, asked)]
+    rng.shuffle(options)
+    return {"question": question, **{f"option{i + 1}": c.ko for i, c in enumerate(options)},
+            "answer_id": LETTERS[options.index(gold)]}
+
+
 def build_kormedconceptsqa(seed: int) -> HubDataset:
-    """Short concept questions with one-fact answers: MCQ-shaped knowledge, so train conditions only."""
+    """Four-option concept questions (question, option1-4, answer_id letter), as the hub has them:
+    KCD-8 configs ask the Korean name of a disease, ATC configs the disease a treatment is first-line
+    for. MCQ-shaped knowledge, so train conditions only."""
     rng = random.Random(f"{seed}:kormedconceptsqa")
-    rows = []
-    provenance = []
-    for i, c in enumerate(_pick(rng, diseases(TRAIN_CONDITIONS), 150)):
-        aspect = i % 6
-        if aspect == 0:
-            q, a, kind = f"'{c.ko}'의 영어 의학 용어는 무엇인가?", c.en, "english"
-        elif aspect == 1:
-            q, a, kind = f"영어 의학 용어 '{c.en}'에 해당하는 한국어 용어는?", c.ko, "korean"
-        elif aspect == 2:
-            q, a, kind = f"{josa(c.ko, '은')} 어느 진료과에서 주로 다루는가?", c.specialty, "specialty"
-        elif aspect == 3:
-            q, a, kind = (f"{josa(c.ko, '은')} 어느 의학 분야에 속하는가?",
-                          f"{division_label(c)} ({DIVISIONS[c.top_division][0]})", "division")
-        elif aspect == 4:
-            s = rng.choice(c.symptoms)
-            q, a, kind = f"'{s}' 소견과 관련된 대표 질환은?", c.ko, "dx"
-        else:
-            q, a, kind = f"{josa(c.key_test, '으로')} 진단하는 대표 질환은?", c.ko, "dx"
-        rows.append({"question": q, "answer": a})
-        provenance.append(answer_provenance(c, kind, a))
-    return HubDataset("ChuGyouk/KorMedConceptsQA", {"default": {"train": rows}},
-                      provenance={("default", "train"): provenance})
+    pool = diseases(TRAIN_CONDITIONS)
+    configs: dict[str, Splits] = {}
+    provenance: dict[tuple[str, str], list[dict]] = {}
+    for config, counts in KORMEDCONCEPTSQA_ROWS.items():
+        family, level = config.split("_")
+        configs[config] = {}
+        for split, count in counts.items():
+            rows: Rows = []
+            records: list[dict] = []
+            for gold in rng.sample(pool, count):  # a question once per part; the levels share questions
+                question = KCD8_QUESTION.format(en=gold.en) if family == "kcd8" else \
+                    ATC_QUESTION.format(treatment=gold.treatment)
+                rows.append(concept_row(rng, question, gold, pool, level, family))
+                records.append(answer_provenance(gold, "korean" if family == "kcd8" else "tx", gold.ko))
+            configs[config][split] = rows
+            provenance[(config, split)] = records
+    # kcd8_merged: repeats of the level configs (refine drops them as duplicates) and new questions
+    merged = [row for level in ("easy", "medium", "hard") for row in configs[f"kcd8_{level}"]["test"][
+        :KCD8_MERGED_FROM_EACH]]
+    merged_records = [record for level in ("easy", "medium", "hard")
+                      for record in provenance[(f"kcd8_{level}", "test")][:KCD8_MERGED_FROM_EACH]]
+    asked = {row["question"] for row in merged}
+    extra = [c for c in pool if KCD8_QUESTION.format(en=c.en) not in asked]
+    for gold in rng.sample(extra, min(KCD8_MERGED_NEW, len(extra))):
+        merged.append(concept_row(rng, KCD8_QUESTION.format(en=gold.en), gold, pool, "medium", "kcd8"))
+        merged_records.append(answer_provenance(gold, "korean", gold.ko))
+    configs = {**{k: v for k, v in configs.items() if k.startswith("kcd8")}, "kcd8_merged": {"test": merged},
+               **{k: v for k, v in configs.items() if k.startswith("atc")}}
+    provenance[("kcd8_merged", "test")] = merged_records
+    return HubDataset("ChuGyouk/KorMedConceptsQA", configs, provenance=provenance)
 
 
 def build_komedinstruct(seed: int) -> HubDataset:
