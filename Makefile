@@ -12,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline merge report loop probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge report loop adaptive-types loop-01-02 train probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
@@ -48,6 +48,18 @@ TRAIN_MODULE = $(if $(LAUNCH),$(PY) -m accelerate.commands.launch --config_file 
 
 loop: setup  ## train types 1-4 in loops until KorMedMCQA (steering set) >= TARGET (default 90); LAUNCH=ddp NPROC=N
 	$(TRAIN_MODULE) script.train.train_loop_until_90 --model $(MODEL) $(if $(TARGET),--target $(TARGET)) --resume
+
+adaptive-types: setup  ## train the four types, each round on the weakest one by the steering set (model/adaptive_types/MODEL); LAUNCH=ddp NPROC=N
+	$(TRAIN_MODULE) script.train.train_adaptive_types --model $(MODEL) --resume $(ARGS)
+
+loop-01-02: setup  ## alternate train_01 (dictionary) and train_02 (KorMedMCQA) rounds (model/01_02_loop/MODEL); LAUNCH=ddp NPROC=N
+	$(TRAIN_MODULE) script.train.train_01_02_loop --model $(MODEL) --resume $(ARGS)
+
+TRAINERS := $(sort $(basename $(notdir $(wildcard script/train/train_*.py))))
+train: setup  ## one trainer with its own flags: make train TRAINER=train_type1_text ARGS="--epochs 2" (TRAINER= lists them)
+	@if [ -z "$(filter $(TRAINER),$(TRAINERS))" ]; then \
+		echo "TRAINER=$(TRAINER): choose one of: $(TRAINERS)" >&2; exit 2; fi
+	$(TRAIN_MODULE) script.train.$(TRAINER) --model $(MODEL) $(ARGS)
 
 probe-focus: setup  ## probe-and-focus training over the four types (script/run_probe_focus.sh); LAUNCH=ddp NPROC=N
 	PYTHON=$(PY) LAUNCH=$(LAUNCH) NPROC=$(NPROC) bash script/run_probe_focus.sh --model $(MODEL) --resume

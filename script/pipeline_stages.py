@@ -22,7 +22,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from script.download_all_datasets import REVISIONS_FILE, check_local_files
+from script.data_io import DataError
+from script.download_all_datasets import REVISIONS_FILE, check_local_files, load_revisions
 from script.sources import SOURCES
 from script.stage_records import code_digest, record_path, stage_is_current, write_stage_record
 from script.training_config import (
@@ -33,6 +34,7 @@ from script.training_config import (
     STAGE_01_ADAPTER,
     STAGE_02,
     ConfigError,
+    UnknownModelError,
     get_model_config,
 )
 
@@ -123,26 +125,42 @@ def eval_report(model: str, role: str, home: Path = HOME) -> Path:
 
 
 def check_options(options: PipelineOptions) -> None:
-    """Refuse, before any stage starts, a run that cannot work (a background run is checked too)."""
-    config = get_model_config(options.model)
+    """Refuse, before any stage starts, a run that cannot work (a background run is checked too);
+    every problem found is listed in one error."""
+    problems = []
+    try:
+        config = get_model_config(options.model)
+    except (ConfigError, UnknownModelError) as exc:  # the model's own checks below need its entry
+        problems.append(str(exc))
+        config = None
     if options.launch and not (LAUNCH_CONFIG_DIR / f"{options.launch}.yaml").is_file():
         choices = " ".join(sorted(p.stem for p in LAUNCH_CONFIG_DIR.glob("*.yaml")))
-        raise ConfigError(f"--launch {options.launch}: no {LAUNCH_CONFIG_DIR / options.launch}.yaml "
-                          f"(choose one of: {choices})")
+        problems.append(f"--launch {options.launch}: no {LAUNCH_CONFIG_DIR / options.launch}.yaml "
+                        f"(choose one of: {choices})")
+    if options.text_mb is not None and options.text_mb < 0:
+        problems.append(f"--text-mb/TEXT_MB {options.text_mb:g}: a size in MB (0: download the text corpora whole)")
+    try:
+        load_revisions(REVISIONS_FILE)
+    except DataError as exc:
+        problems.append(f"source revisions: {exc}")
     # Dictionaries: the embedded world trains on the shipped sample; a real model on the user's own,
     # never silently on the ~835 synthetic sample entries.
     if options.dict_dir is not None:
         if not options.dict_dir.is_dir():
-            raise ConfigError(f"--dict-dir/DICT_DIR {options.dict_dir}: no such directory")
-        if check_local_files(options.dict_dir, [s for s in SOURCES if s.is_local]) != 0:
-            raise ConfigError(f"--dict-dir/DICT_DIR {options.dict_dir}: dictionary files missing (above)")
-    elif not config.embedded and not options.allow_sample_dicts:
-        raise ConfigError(
+            problems.append(f"--dict-dir/DICT_DIR {options.dict_dir}: no such directory")
+        elif check_local_files(options.dict_dir, [s for s in SOURCES if s.is_local]) != 0:
+            problems.append(f"--dict-dir/DICT_DIR {options.dict_dir}: dictionary files missing (above)")
+    elif config is not None and not config.embedded and not options.allow_sample_dicts:
+        problems.append(
             f"MODEL={options.model} trains train_01 and its lexicons on medical dictionaries, and none are set.\n"
             f"  Point DICT_DIR (make pipeline MODEL={options.model} DICT_DIR=/path, or --dict-dir) at a folder "
             "laid out like\n  data/sample/local/ (01_medical_dict/*.jsonl, one {\"term\", \"definition\"} object "
             "per line; README, \"Dictionaries\"),\n  or set ALLOW_SAMPLE_DICTS=1 to use the ~835 synthetic sample "
             "entries (a smoke run, not a model).")
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems, nothing started:\n" + "\n".join(f"- {p}" for p in problems))
 
 
 def environment(options: PipelineOptions) -> dict[str, str]:

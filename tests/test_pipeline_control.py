@@ -165,6 +165,9 @@ def test_a_real_model_needs_real_dictionaries_before_any_stage(tmp_path):
     assert "--local-dir" not in dry_run_stages(tmp_path, "tiny")["download"]  # the embedded world's sample
     unknown = run_dry(tmp_path, "medgemma-9b")
     assert unknown.returncode == 2 and "unknown model 'medgemma-9b'" in unknown.stderr
+    several = run_dry(tmp_path, "medgemma-9b", "--launch", "nonesuch", "--dict-dir", str(tmp_path / "nowhere"))
+    assert several.returncode == 2 and "3 problems, nothing started" in several.stderr
+    assert all(part in several.stderr for part in ("medgemma-9b", "--launch nonesuch", "no such directory"))
 
 
 def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_path):
@@ -314,3 +317,18 @@ def test_volume_settings_reach_the_download_and_train_00(tmp_path):
     assert commands("medgemma-4b", max_samples=50)["train_00"].count("--max-samples") == 1
     assert "--max-mb 0" in commands("tiny", text_mb=0.0)["download"]
     assert "--max-mb" not in commands("tiny")["download"]
+
+
+def test_every_trainer_is_reached_by_a_make_target():
+    """script/train/__init__ names a target per trainer, and `make train TRAINER=` runs any of them."""
+    import script.train
+
+    trainers = sorted(p.stem for p in (REPO / "script" / "train").glob("train_*.py"))
+    for trainer in trainers:
+        assert trainer in script.train.__doc__, trainer
+        dry = subprocess.run(["make", "-n", "-C", str(REPO), "train", f"TRAINER={trainer}", "STAMP="],
+                             capture_output=True, text=True)
+        assert f"-m script.train.{trainer} --model tiny" in dry.stdout, dry.stdout + dry.stderr
+    refused = subprocess.run(["make", "-s", "-C", str(REPO), "train", "TRAINER=nonesuch", "STAMP="],
+                             capture_output=True, text=True)
+    assert refused.returncode != 0 and "choose one of: train_00_plain_text" in refused.stderr

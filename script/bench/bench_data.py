@@ -40,7 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from script.data_io import count_lines, iter_jsonl, read_json
@@ -286,13 +286,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.scale < 1 or args.plain_multiplier < 1:
         parser.error("--scale and --plain-multiplier must be at least 1")
+    return print_run(args.workdir, "bench-data-",
+                     lambda work: run(args.scale, args.plain_multiplier, args.raw_dir, work))
+
+
+def print_run(workdir: Path | None, prefix: str, bench: Callable[[Path], dict]) -> int:
+    """``bench(work folder)`` in ``workdir`` (kept) or a temp folder; print its JSON. Exit 1 when a
+    stage failed (its stderr tail is printed)."""
     try:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            result = run(args.scale, args.plain_multiplier, args.raw_dir, args.workdir)
+        if workdir is not None:
+            workdir.mkdir(parents=True, exist_ok=True)
+            result = bench(workdir)
         else:
-            with tempfile.TemporaryDirectory(prefix="bench-data-") as tmp:
-                result = run(args.scale, args.plain_multiplier, args.raw_dir, Path(tmp))
+            with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+                result = bench(Path(tmp))
     except StageFailed as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -26,12 +26,10 @@ import argparse
 import json
 import random
 import shutil
-import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from script.bench.bench_data import StageFailed, folder_mb, machine, run_module
+from script.bench.bench_data import folder_mb, machine, print_run, run_module
 from script.data_io import atomic_open, atomic_write_text, read_json
 from script.sources import get_source
 from script.training_config import SAMPLE_DATA_DIR
@@ -131,19 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.gb <= 0:
         parser.error("--gb must be positive")
-    try:
-        if args.workdir is not None:
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            result = run(args.gb, args.whole, args.workdir, args.cap_mb)
-        else:
-            with tempfile.TemporaryDirectory(prefix="bench-text-volume-") as tmp:
-                result = run(args.gb, args.whole, Path(tmp), args.cap_mb)
-    except StageFailed as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(result, ensure_ascii=False, indent=2))
-    return 0
-
+    return print_run(args.workdir, "bench-text-volume-", lambda work: run(args.gb, args.whole, work, args.cap_mb))
 
 if __name__ == "__main__":
     from script.cli import run_main

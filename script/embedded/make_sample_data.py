@@ -826,7 +826,7 @@ def build_ai_healthcare_qa(seed: int) -> HubDataset:
     return HubDataset("ChuGyouk/AI_healthcare_QA", {"default": {"train": rows}})
 
 
-KORMEDCONCEPTSQA_ROWS = {  # config -> split -> rows; the hub's layout (UPSTREAM_FACTS.md)
+KORMEDCONCEPTSQA_ROWS = {  # config -> split -> rows, in the layout of the hub card
     "kcd8_easy": {"test": 30}, "kcd8_medium": {"test": 30}, "kcd8_hard": {"test": 20},
     "atc_easy": {"dev": 5, "test": 20}, "atc_medium": {"dev": 5, "test": 20}, "atc_hard": {"dev": 5, "test": 15},
 }
@@ -1234,6 +1234,12 @@ def top_readme(datasets: list[HubDataset]) -> str:
         "Each `<owner>/<name>/` directory mirrors one hub dataset: its `README.md` declares the configs "
         "and splits, so `datasets.load_dataset(\"data/sample/<owner>/<name>\", \"<config>\", split=...)` "
         "works offline. `local/01_medical_dict/` holds the local dictionaries (not on the hub).",
+        "",
+        "The layouts are the hub's as the public dataset cards describe them, quirks included, so the "
+        "offline pipeline parses what a hub run parses: KorMedConceptsQA has no default config (kcd8_* "
+        "configs with a test split, atc_* with dev and test; four options `option1`-`option4`, "
+        "`answer_id` a letter; kcd8_merged repeats rows of the other kcd8 configs), and each KorMedMCQA "
+        "fewshot split is five rows of its dev split with `cot` filled in.",
         "",
         "Regenerate with `python -m script.embedded.make_sample_data` (deterministic; byte-identical output).",
         "",
