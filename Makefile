@@ -15,7 +15,7 @@ PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 .PHONY: help setup tiny-model data pipeline merge report loop adaptive-types loop-01-02 train probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
 # The venv is (re)installed only when the requirements or pyproject.toml change.
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
