@@ -53,8 +53,8 @@ from tqdm import tqdm
 from script.cli import setup_logging
 from script.data_io import (
     DataError,
+    atomic_open,
     atomic_write_json,
-    atomic_write_jsonl,
     iter_jsonl,
     read_json,
     safe_child_path,
@@ -294,32 +294,34 @@ def download_part(source: Source, config: str, split: str, settings: Settings) -
             f"(missing: {', '.join(missing)})"
         )
     target = raw_path(settings.output, source.name, config, split)
-    cap = settings.cap_mb(source)
-    written = {"bytes": 0, "capped": False}
-    count = atomic_write_jsonl(target, capped_rows((to_jsonable(row) for row in rows), cap, written))
+    count, capped = write_capped_jsonl(target, (to_jsonable(row) for row in rows), settings.cap_mb(source))
     return {
         **identity(source, config, split, settings),
         "path": target.relative_to(settings.output).as_posix(),
         "rows": count,
         "bytes": target.stat().st_size,
-        "capped": written["capped"],  # True: the part has more rows upstream than the cap let through
+        "capped": capped,  # True: the part has more rows upstream than the cap let through
         "columns": columns,
         "sha256": sha256_file(target),
         "downloaded_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-def capped_rows(rows: Iterable[dict], cap_mb: float | None, written: dict) -> Iterator[dict]:
-    """``rows`` until their JSON Lines reach ``cap_mb`` megabytes (the row that crosses it is the
-    last); ``written`` gets the running byte count and whether the cap stopped the part."""
+def write_capped_jsonl(path: Path, rows: Iterable[dict], cap_mb: float | None) -> tuple[int, bool]:
+    """Write ``rows`` as JSON Lines (atomically) until the file reaches ``cap_mb`` megabytes (the
+    row that crosses it is the last); returns (rows written, whether the cap stopped it). Each row
+    is serialised once: this loop carries every byte of the text corpora."""
     limit = None if cap_mb is None else cap_mb * MB
-    for row in rows:
-        if limit is not None and written["bytes"] >= limit:
-            written["capped"] = True
-            return
-        if limit is not None:
-            written["bytes"] += len(json.dumps(row, ensure_ascii=False).encode("utf-8")) + 1
-        yield row
+    count = size = 0
+    with atomic_open(path) as handle:
+        for row in rows:
+            if limit is not None and size >= limit:
+                return count, True
+            line = json.dumps(row, ensure_ascii=False) + "\n"
+            handle.write(line)
+            size += len(line.encode("utf-8"))
+            count += 1
+    return count, False
 
 
 def resolved_commit(source: Source, settings: Settings) -> str | None:
