@@ -12,16 +12,19 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 
-.PHONY: help setup tiny-model data pipeline merge report loop adaptive-types loop-01-02 train probe-focus extend-tokenizer gpu-memory gpu-check test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
+.PHONY: help setup tiny-model data pipeline merge report loop adaptive-types loop-01-02 train probe-focus extend-tokenizer gpu-memory gpu-check stage-times test smoke-real-shape test-reliability bench bench-train bench-data bench-text-volume bench-eval bench-divisions divisions eval-crosscheck logs status stop tensorboard clean
 
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-# The venv is (re)installed only when the requirements or pyproject.toml change.
+# The venv is (re)installed only when the requirements or pyproject.toml change. pip byte-compiles
+# what it installs on one core; compileall does the same on every core (61 s -> 43 s measured here).
+# It is only a speed-up: files written for newer Pythons do not compile (pip skips them the same way).
 $(STAMP): requirements.txt requirements-test.txt pyproject.toml
 	$(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
-	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-compile -r requirements.txt -r requirements-test.txt
+	$(PY) -m pip install --quiet --no-deps --no-compile -e .
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null 2>&1 || true
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
@@ -81,6 +84,10 @@ test: setup  ## run the test suite (offline, CPU, tiny models)
 
 gpu-check: data  ## on a CUDA machine: real-shape MedGemma-4B, bf16 + 8-bit LoRA tokens/s vs TRL, memory vs estimate, 604 letter-mode (JSON)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.gpu_check $(if $(filter 1,$(DRY_RUN)),--dry-run)
+
+stage-times: setup  ## per-stage time of a real run on one GPU, an estimate: MODEL=medgemma-4b GPU=h100 QUANT=none GPU_CHECK=logs/gpu_check.json
+	$(PY) -m script.stage_time_estimate --model $(MODEL) $(if $(GPU),--gpu $(GPU)) $(if $(QUANT),--quantization $(QUANT)) \
+		$(if $(GPU_CHECK),--gpu-check $(GPU_CHECK))
 
 smoke-real-shape: setup  ## MedGemma-4B's real shape (random init, 2 layers, 262K vocab): train_02, scoring, merge (JSON)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.smoke_real_shape
