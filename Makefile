@@ -82,7 +82,7 @@ report: setup  ## Phase 6 report of MODEL -> logs/report_MODEL/ (report.md, repo
 test: setup  ## run the test suite (offline, CPU, tiny models)
 	$(PY) -m pytest -q
 
-gpu-check: data  ## on a CUDA machine: real-shape MedGemma-4B, bf16 + 8-bit LoRA tokens/s vs TRL, memory vs estimate, 604 letter-mode (JSON)
+gpu-check: data  ## on a CUDA machine: real-shape MedGemma-4B, bf16 + 8-bit LoRA tokens/s vs TRL, memory vs estimate, 604 letter-mode, decode ms/step (JSON)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(PY) -m script.gpu_check $(if $(filter 1,$(DRY_RUN)),--dry-run)
 
 stage-times: setup  ## per-stage time of a real run on one GPU, an estimate: MODEL=medgemma-4b GPU=h100 QUANT=none GPU_CHECK=logs/gpu_check.json

@@ -12,7 +12,10 @@ download) and measures, with the registry's medgemma-4b settings and the guide's
   (``a2_trl_default``), with the base in bf16 and in 8-bit (bitsandbytes), and their losses;
 - the peak of allocated GPU memory of each run beside ``check_gpu_memory``'s estimate for it;
 - letter-mode seconds for 604 KorMedMCQA items (the guide's set when the data stages made it,
-  sample test items repeated to 604 otherwise: the time depends on lengths, not on answers).
+  sample test items repeated to 604 otherwise: the time depends on lengths, not on answers);
+- milliseconds per greedy decoding step after the train02 prompt at batch 32 (the pipeline's) and
+  128: the pipeline's evaluations write up to 512 reasoning tokens per question, so this and the
+  tokens/s above are what ``make stage-times GPU_CHECK=logs/gpu_check.json`` turns into stage times.
 
 ``--dry-run`` runs every step with the embedded tiny model on the CPU (a few optimizer steps), so
 the script is tested where no GPU is. Prints ONE JSON object and writes it to
@@ -36,8 +39,10 @@ from script.cli import setup_logging
 from script.data_io import atomic_write_json
 from script.embedded import make_real_shape_model, make_tiny_model
 from script.eval_items import read_items_file
-from script.evaluation import score_mcq_letter_mode
+from script.evaluation import generate_texts, score_mcq_letter_mode
+from script.mcq_prompts import PROMPT_TRAIN02, encode_prompt, render_mcq_prompt
 from script.model_loading import load_model_for_eval
+from script.pipeline_stages import EVAL_BATCH_SIZE
 from script.training_config import (
     CLEAN_DIR,
     KORMEDMCQA_TEST_DIR,
@@ -51,6 +56,8 @@ logger = logging.getLogger("gpu_check")
 
 REAL_LAYERS, REAL_VISION_LAYERS = 34, 27  # google/medgemma-4b-it
 LETTER_ITEMS = 604
+DECODE_BATCHES = (EVAL_BATCH_SIZE, 4 * EVAL_BATCH_SIZE)  # the pipeline's evaluation batch, and a larger one
+DECODE_TOKENS = 64
 CONFIGS = ("a2_trl_default", "b_toolkit")
 PRECISIONS = {"bf16": "none", "8bit": "8bit"}  # --quantization of each run
 
@@ -96,6 +103,38 @@ def letter_mode_seconds(model_dir: str, device: str) -> dict:
     seconds = time.perf_counter() - started
     return {"items": len(predictions), "items_from": source, "seconds": round(seconds, 2),
             "items_per_second": round(len(predictions) / seconds, 1)}
+
+
+def decode_step_ms(model_dir: str, device: str, batches: Sequence[int] = DECODE_BATCHES,
+                   new_tokens: int = DECODE_TOKENS) -> dict:
+    """Greedy decoding after the train02 prompt, per batch size: the time of ``new_tokens`` steps less
+    the time of one (the prompt's forward pass), per step."""
+    import torch
+
+    def timed(prompts: list, budget: int, batch: int) -> tuple[list[dict], float]:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        outputs = generate_texts(loaded.model, loaded.tokenizer, prompts, budget, batch)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return outputs, time.perf_counter() - started
+
+    items, _ = letter_items()
+    loaded = load_model_for_eval(model_dir, device=device)
+    tokenizer = loaded.tokenizer
+    ids = [encode_prompt(tokenizer, render_mcq_prompt(tokenizer, item, PROMPT_TRAIN02), PROMPT_TRAIN02)
+           for item in items]
+    timed(ids[:2], 2, 2)  # warm-up: kernels, allocator
+    results = {}
+    for batch in batches:
+        prompts = ids[:batch]
+        _, prompt_only = timed(prompts, 1, batch)
+        outputs, whole = timed(prompts, new_tokens, batch)
+        steps = max(out["new_tokens"] for out in outputs)  # the batch runs until its longest row stops
+        results[str(batch)] = {"ms_per_step": round(1000 * max(whole - prompt_only, 0.0) / max(steps - 1, 1), 2),
+                               "steps": steps, "prompt_seconds": round(prompt_only, 3)}
+    return results
 
 
 def training_runs(registry: str, model_dir: str, device: str, steps: int, data_dir: Path, out_dir: Path) -> dict:
@@ -153,6 +192,9 @@ def gpu_check(args: argparse.Namespace) -> dict:
     phase = time.perf_counter()
     report["letter_mode_604"] = letter_mode_seconds(model_dir, device)
     report["seconds"]["letter_mode"] = round(time.perf_counter() - phase, 1)
+    phase = time.perf_counter()
+    report["decode_train02"] = decode_step_ms(model_dir, device)
+    report["seconds"]["decode"] = round(time.perf_counter() - phase, 1)
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
     return report
 

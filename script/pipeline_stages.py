@@ -50,8 +50,9 @@ TRAINED_STAGES = (
 # KorMedMCQA on the guide's 604 set, in the format train_02 teaches: the model writes its
 # <reasoning>...</reasoning> and the option letter is read right after it (letter mode, train02
 # prompt), so the untrained base and the final adapter are measured the same way.
-LETTER_EVAL_ARGS = "--split guide604 --mode letter --prompt train02 --batch-size 32"
-CLOZE_EVAL_ARGS = "--split guide604 --mode cloze --batch-size 32"
+EVAL_BATCH_SIZE = 32
+LETTER_EVAL_ARGS = f"--split guide604 --mode letter --prompt train02 --batch-size {EVAL_BATCH_SIZE}"
+CLOZE_EVAL_ARGS = f"--split guide604 --mode cloze --batch-size {EVAL_BATCH_SIZE}"
 
 
 @dataclass(frozen=True)

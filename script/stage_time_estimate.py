@@ -25,9 +25,10 @@ output prints beside every figure:
                the registry's text volume; the download itself depends on the network and is
                not estimated
 
-``--gpu-check logs/gpu_check.json`` (what ``make gpu-check`` writes on a real card) replaces the
-training assumption with the tokens/s it measured for the toolkit's trainer at the same
-precision, and says so in the basis column.
+``--gpu-check logs/gpu_check.json`` (what ``make gpu-check`` writes on a real card, for
+medgemma-4b's shape) replaces the training assumption with the tokens/s it measured for the
+toolkit's trainer at the same precision, and the decoding and prompt assumptions with its
+decoding steps and letter-mode time; the basis column says which figure came from where.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from pathlib import Path
 from script.check_gpu_memory import Architecture, resolve_architecture
 from script.data_io import read_json
 from script.mcq_prompts import DEFAULT_MAX_NEW_TOKENS, PROMPT_TRAIN02
-from script.pipeline_stages import CLOZE_EVAL_ARGS, LETTER_EVAL_ARGS
+from script.pipeline_stages import CLOZE_EVAL_ARGS, EVAL_BATCH_SIZE, LETTER_EVAL_ARGS
 from script.sources import SOURCES
 from script.training_config import MODEL_CONFIGS, get_memory_config, get_model_config
 
@@ -52,13 +53,12 @@ GPUS = {
     "h200": {"name": "H200 SXM 141 GB", "bf16_flops": 989e12, "memory_bytes_per_s": 4.8e12},
 }
 
-# ---- assumptions (not measured here; make gpu-check measures the training one) ----
+# ---- assumptions (not measured here; make gpu-check measures training and decoding) ----
 TRAIN_MFU = 0.30  # LoRA through the HF Trainer, micro-batch x 512 tokens: large GEMMs, eager attention
 EVAL_MFU = 0.35  # forward passes only (prompts, cloze options)
 EIGHT_BIT_SLOWDOWN = 2.5  # bitsandbytes LLM.int8 base against bf16; users report 2-5x
 DECODE_OVERHEAD_PER_LAYER_S = 0.6e-3  # eager HF generate: ~a dozen kernel launches per layer and step
 LOAD_BYTES_PER_S = 1e9  # reading the checkpoint from local disk, per training/evaluation process
-EVAL_BATCH = 32  # the pipeline's --batch-size (LETTER_EVAL_ARGS)
 OPTIONS_PER_ITEM = 5  # KorMedMCQA
 MONITOR_ITEMS = 10  # --eval-samples of train_01/train_02's periodic evaluation
 MONITOR_EVERY_STEPS = 50  # --show-samples-every
@@ -123,13 +123,24 @@ def decode_step_seconds(arch: Architecture, quantization: str, gpu: dict) -> tup
     return bandwidth * slow, "bandwidth-bound: every weight read once per step"
 
 
-def measured_tokens_per_s(gpu_check: dict | None, quantization: str) -> float | None:
-    """The toolkit trainer's tokens/s from ``make gpu-check``'s JSON at this precision (None: not there)."""
-    if not gpu_check or gpu_check.get("dry_run"):
+def usable_gpu_check(gpu_check: dict | None, model: str) -> dict | None:
+    """``make gpu-check``'s JSON when it measured this model's shape on a GPU (not a CPU dry run)."""
+    if not gpu_check or gpu_check.get("dry_run") or gpu_check.get("registry_settings") != model:
         return None
+    return gpu_check
+
+
+def measured_tokens_per_s(gpu_check: dict | None, quantization: str) -> float | None:
+    """The toolkit trainer's tokens/s from gpu-check at this precision (None: not measured)."""
     precision = "bf16" if quantization == "none" else quantization
-    run = gpu_check.get("training", {}).get(precision, {}).get("configs", {}).get("b_toolkit")
+    run = (gpu_check or {}).get("training", {}).get(precision, {}).get("configs", {}).get("b_toolkit")
     return float(run["real_tokens_per_s"]) if run and run.get("real_tokens_per_s") else None
+
+
+def measured_decode_step_s(gpu_check: dict | None) -> float | None:
+    """Seconds per decoding step at the pipeline's evaluation batch, measured in bf16 by gpu-check."""
+    row = (gpu_check or {}).get("decode_train02", {}).get(str(EVAL_BATCH_SIZE))
+    return row["ms_per_step"] / 1000 if row and row.get("ms_per_step") else None
 
 
 def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu_check: dict | None = None,
@@ -139,8 +150,16 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
     card = GPUS[gpu]
     quant = quantization or memory.quantization
     slow = EIGHT_BIT_SLOWDOWN if quant == "8bit" else 1.0
+    gpu_check = usable_gpu_check(gpu_check, model)
     measured = measured_tokens_per_s(gpu_check, quant)
     load_s = arch.total_params() * 2.0 / LOAD_BYTES_PER_S  # the bf16 checkpoint, vision tower included
+    decode_measured = measured_decode_step_s(gpu_check)
+    if decode_measured:
+        eval_step = (decode_measured * slow, f"gpu-check: {decode_measured * 1e3:.1f} ms/step measured in bf16"
+                     + (f", x{EIGHT_BIT_SLOWDOWN:g} assumed for the 8-bit base" if slow > 1 else ""))
+    else:
+        eval_step = decode_step_seconds(arch, quant, card)
+        eval_step = (eval_step[0], f"assumed: decoding {eval_step[0] * 1e3:.0f} ms/step ({eval_step[1]})")
     stages: list[StageEstimate] = []
 
     corpora = [s for s in SOURCES if s.max_mb]
@@ -171,7 +190,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
         if monitor_tokens or monitor_steps:
             steps = math.ceil(records * epochs / (batch * accum))
             evals = steps // MONITOR_EVERY_STEPS + 1
-            step_s, _ = decode_step_seconds(arch, quant, card)
+            step_s, _ = eval_step
             forward = monitor_tokens * forward_flops_per_token(arch, EVAL_PROMPT_TOKENS // 2) / (
                 card["bf16_flops"] * EVAL_MFU) * slow
             seconds += evals * (forward + monitor_steps * step_s)
@@ -193,17 +212,22 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
              MONITOR_ITEMS * EVAL_PROMPT_TOKENS, budget)
 
     # Evaluations: the model and its question-blind control, each over the whole set.
-    prefill_flops = forward_flops_per_token(arch, EVAL_PROMPT_TOKENS // 2)
-    step_s, step_basis = decode_step_seconds(arch, quant, card)
-    batches = math.ceil(EVAL_QUESTIONS / EVAL_BATCH)
-    prefill = 2 * EVAL_QUESTIONS * EVAL_PROMPT_TOKENS * prefill_flops / (card["bf16_flops"] * EVAL_MFU) * slow
+    step_s, step_basis = eval_step
+    batches = math.ceil(EVAL_QUESTIONS / EVAL_BATCH_SIZE)
+    letter_604 = (gpu_check or {}).get("letter_mode_604", {})
+    if letter_604.get("seconds") and letter_604.get("items"):
+        prefill = 2 * EVAL_QUESTIONS * letter_604["seconds"] / letter_604["items"] * slow
+        prefill_basis = "prompts: gpu-check's letter-mode time"
+    else:
+        prefill = 2 * EVAL_QUESTIONS * EVAL_PROMPT_TOKENS * forward_flops_per_token(arch, EVAL_PROMPT_TOKENS // 2) / (
+            card["bf16_flops"] * EVAL_MFU) * slow
+        prefill_basis = f"prompts at {EVAL_MFU:.0%} of peak"
     letter = prefill + 2 * batches * budget * step_s
     for role in ("base", "final"):
         stages.append(StageEstimate(
             f"evaluate_{role}", f"{EVAL_QUESTIONS} questions x 2 (model, question-blind control): prompts and up "
             f"to {budget} reasoning tokens in {batches} batches ({LETTER_EVAL_ARGS})", letter + load_s,
-            f"assumed: decoding {step_s * 1e3:.0f} ms/step ({step_basis}); prompts at {EVAL_MFU:.0%} "
-            f"of peak; + {load_s:.0f} s loading"))
+            f"{step_basis}; {prefill_basis}; + {load_s:.0f} s loading"))
     if config.mcq_scoring == "cloze":
         cloze = 2 * EVAL_QUESTIONS * OPTIONS_PER_ITEM * CLOZE_OPTION_TOKENS * forward_flops_per_token(
             arch, CLOZE_OPTION_TOKENS // 2) / (card["bf16_flops"] * EVAL_MFU) * slow
@@ -214,6 +238,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
     known = [s.seconds for s in stages if s.seconds is not None]
     return {"model": model, "gpu": card["name"], "quantization": quant, "estimate": True,
             "training_from": "gpu-check" if measured else "assumed MFU",
+            "decoding_from": "gpu-check" if decode_measured else "assumed",
             "assumptions": {"train_mfu": TRAIN_MFU, "eval_mfu": EVAL_MFU, "eight_bit_slowdown": EIGHT_BIT_SLOWDOWN,
                             "decode_overhead_per_layer_s": DECODE_OVERHEAD_PER_LAYER_S,
                             "load_bytes_per_s": LOAD_BYTES_PER_S, "tokens_per_record": TOKENS_PER_RECORD,

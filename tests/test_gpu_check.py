@@ -1,6 +1,7 @@
 """The prepared GPU check (make gpu-check) runs its every step on the CPU with tiny shapes
 (--dry-run) and reports the fields a GPU run fills: tokens/s of the toolkit and of TRL's defaults
-at bf16 and 8-bit, peak memory beside the estimate, letter-mode seconds for 604 items."""
+at bf16 and 8-bit, peak memory beside the estimate, letter-mode seconds for 604 items, and the
+decoding step after the train02 prompt."""
 
 import json
 
@@ -28,4 +29,7 @@ def test_dry_run_fills_every_field(tiny_models, tmp_path, capsys):
         assert precision["comparison"]["max_loss_diff_b_vs_a2"] < 1e-3
     assert report["training"]["bf16"]["configs"]["a2_trl_default"]["gradient_checkpointing"]  # TRL's default
     assert report["letter_mode_604"]["items"] == 604 and report["letter_mode_604"]["seconds"] > 0
-    assert {"build", "training", "letter_mode", "total"} <= set(report["seconds"])
+    assert set(report["decode_train02"]) == {"32", "128"}  # the pipeline's evaluation batch and 4x it
+    for row in report["decode_train02"].values():
+        assert row["ms_per_step"] > 0 and row["steps"] > 1 and row["prompt_seconds"] > 0
+    assert {"build", "training", "letter_mode", "decode", "total"} <= set(report["seconds"])

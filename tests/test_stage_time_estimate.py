@@ -62,7 +62,8 @@ def test_bf16_base_is_faster_than_8bit_and_27b_slower_than_4b():
 
 
 def test_gpu_check_tokens_per_s_replace_the_assumption():
-    check = {"dry_run": False, "training": {"8bit": {"configs": {"b_toolkit": {"real_tokens_per_s": 4000.0}}}}}
+    check = {"dry_run": False, "registry_settings": "medgemma-4b",
+             "training": {"8bit": {"configs": {"b_toolkit": {"real_tokens_per_s": 4000.0}}}}}
     report = ste.estimate("medgemma-4b", gpu_check=check)
     train_00 = by_stage(report)["train_00"]
     load = ARCH_4B.total_params() * 2.0 / ste.LOAD_BYTES_PER_S
@@ -71,6 +72,23 @@ def test_gpu_check_tokens_per_s_replace_the_assumption():
     # a dry run's CPU figures, or a precision it did not measure, leave the assumption in place
     assert ste.estimate("medgemma-4b", gpu_check=dict(check, dry_run=True))["training_from"] == "assumed MFU"
     assert ste.estimate("medgemma-4b", quantization="none", gpu_check=check)["training_from"] == "assumed MFU"
+    # the check measured the 4B's shape: it says nothing of the 27B
+    assert ste.estimate("medgemma-27b-text", gpu_check=check)["training_from"] == "assumed MFU"
+
+
+def test_gpu_check_decoding_and_letter_time_replace_the_evaluation_assumptions():
+    check = {"dry_run": False, "registry_settings": "medgemma-4b", "decode_train02": {"32": {"ms_per_step": 10.0}},
+             "letter_mode_604": {"items": 604, "seconds": 30.2}}
+    report = ste.estimate("medgemma-4b", quantization="none", gpu_check=check)
+    base = by_stage(report)["evaluate_base"]
+    load = ARCH_4B.total_params() * 2.0 / ste.LOAD_BYTES_PER_S
+    batches = -(-ste.EVAL_QUESTIONS // 32)
+    expected = 2 * ste.EVAL_QUESTIONS * 30.2 / 604 + 2 * batches * 512 * 0.010 + load
+    assert base["seconds"] == pytest.approx(expected)
+    assert "gpu-check: 10.0 ms/step" in base["basis"] and report["decoding_from"] == "gpu-check"
+    eight = by_stage(ste.estimate("medgemma-4b", gpu_check=check))["evaluate_base"]
+    assert eight["seconds"] - load == pytest.approx((expected - load) * ste.EIGHT_BIT_SLOWDOWN)
+    assert "x2.5 assumed for the 8-bit base" in eight["basis"]
 
 
 def test_cli_table_json_and_refusal_of_the_embedded_model(tmp_path, capsys):
@@ -79,7 +97,7 @@ def test_cli_table_json_and_refusal_of_the_embedded_model(tmp_path, capsys):
     assert table.startswith("Estimate (not a measurement) for MODEL=medgemma-4b on one H100")
     assert "| train_02 |" in table and "| total (estimated stages) |" in table
     check = tmp_path / "gpu_check.json"
-    check.write_text(json.dumps({"dry_run": False, "training": {
+    check.write_text(json.dumps({"dry_run": False, "registry_settings": "medgemma-4b", "training": {
         "bf16": {"configs": {"b_toolkit": {"real_tokens_per_s": 9000}}}}}))
     assert ste.main(["--model", "medgemma-4b", "--quantization", "none", "--gpu-check", str(check), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["training_from"] == "gpu-check"

@@ -294,7 +294,7 @@ def pretrain(model, tokenizer, texts: Sequence[str], steps: int = PRETRAIN_STEPS
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(loss.detach().item())
     model.eval()
     logger.info("pretrained %d steps on %d tokens: loss %.2f -> %.2f", steps, len(ids), losses[0], losses[-1])
     return losses
