@@ -360,30 +360,38 @@ def count_by_config_split(items: Iterable[dict]) -> dict[str, int]:
 # ===========================================================================
 # Text normalisation
 # ===========================================================================
-_WHITESPACE = re.compile(r"\s+")
 # Thousands separators go ("5,000" == "5000"); any other punctuation between two digits stays,
 # so "1.5" != "15" and "3-5" != "35" (a changed number is a different question).
 _THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
+_BETWEEN_DIGITS = re.compile(r"(?<=\d)\D(?=\d)")  # one character between two digits
 
 
 @functools.lru_cache(maxsize=1)
-def _punctuation_pattern() -> re.Pattern[str]:
-    """Every Unicode punctuation character (categories P*), except where it sits between digits.
+def _punctuation_table() -> dict[int, None]:
+    """Every Unicode punctuation character (categories P*) mapped to None, for ``str.translate``.
 
-    Built once (a scan of the code space, ~0.3 s) so that normalisation is one regex pass instead
-    of a Python loop per character.
+    Built once (a scan of the code space, ~0.3 s).
     """
-    ranges: list[tuple[int, int]] = []
-    for code in range(sys.maxunicode + 1):
-        if unicodedata.category(chr(code)).startswith("P"):
-            if ranges and ranges[-1][1] == code - 1:
-                ranges[-1] = (ranges[-1][0], code)
-            else:
-                ranges.append((code, code))
-    klass = "".join(re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges)
-    # Removed unless preceded AND followed by a digit.
-    return re.compile(rf"(?<!\d)[{klass}]|[{klass}](?!\d)")
+    return dict.fromkeys(code for code in range(sys.maxunicode + 1) if unicodedata.category(chr(code)).startswith("P"))
+
+
+def strip_punctuation(text: str) -> str:
+    """``text`` without punctuation, except a punctuation character preceded and followed by a digit.
+
+    ``str.translate`` deletes in one C loop; only the few characters between digits are looked at
+    one by one (a regex with the whole punctuation class, tried at every position, was 3x slower).
+    """
+    table = _punctuation_table()
+    kept = [m.start() for m in _BETWEEN_DIGITS.finditer(text) if ord(text[m.start()]) in table]
+    if not kept:
+        return text.translate(table)
+    pieces, start = [], 0
+    for position in kept:
+        pieces += [text[start:position].translate(table), text[position]]
+        start = position + 1
+    pieces.append(text[start:].translate(table))
+    return "".join(pieces)
 
 
 def normalise_text(text: str) -> str:
@@ -395,8 +403,8 @@ def normalise_text(text: str) -> str:
     """
     text = unicodedata.normalize("NFKC", text).casefold()
     text = _THOUSANDS_COMMA.sub("", text)  # before spaces go, or "5,000 3" would read "5,0003"
-    text = _WHITESPACE.sub("", text)
-    return _punctuation_pattern().sub("", text)
+    text = "".join(text.split())  # str.split() splits on exactly the characters regex \s matches
+    return strip_punctuation(text)
 
 
 # Who the patient is: an exam rewords a vignette by changing the age or the sex, and a twin that

@@ -33,6 +33,7 @@ from script.kormedmcqa import (
     normalise_text,
     record_question,
     split_stem_options,
+    strip_punctuation,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -248,6 +249,27 @@ def test_normalise_text_folds_spacing_punctuation_width_but_not_numbers():
     assert normalise_text("5,000 IU") == normalise_text("5000 IU")
     assert normalise_text("1.5 mg") != normalise_text("15 mg")
     assert normalise_text("3-5 일") != normalise_text("35 일")
+
+
+def test_punctuation_and_whitespace_removal_match_their_definitions():
+    """strip_punctuation deletes every P* character unless a digit precedes and follows it, and
+    str.split() removes exactly what regex \\s matches; both checked against the plain definitions."""
+    import random
+    import re
+    import sys
+    import unicodedata
+
+    punctuation = [chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)).startswith("P")]
+    klass = "".join(re.escape(p) for p in punctuation)
+    reference = re.compile(rf"(?<!\d)[{klass}]|[{klass}](?!\d)")
+    rng = random.Random(0)
+    alphabet = "0123456789٣가나 a\t" + "".join(rng.sample(punctuation, 40)) + ".,-_·「」%$+"
+    for _ in range(3000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        assert strip_punctuation(text) == reference.sub("", text), repr(text)
+    assert strip_punctuation("1.5-3,2") == "1.5-3,2" and strip_punctuation("1..5") == "15"
+    every = "".join(chr(c) for c in range(sys.maxunicode + 1) if not 0xD800 <= c <= 0xDFFF)
+    assert "".join(every.split()) == re.sub(r"\s+", "", every)
 
 
 def test_split_stem_options_and_record_question():
