@@ -63,6 +63,7 @@ OPTIONS_PER_ITEM = 5  # KorMedMCQA
 MONITOR_ITEMS = 10  # --eval-samples of train_01/train_02's periodic evaluation
 MONITOR_EVERY_STEPS = 50  # --show-samples-every
 PLAIN_TEXT_MONITOR_SAMPLES = 32  # train_01_with_00_monitor's --monitor-samples
+PLAIN_TEXT_VALIDATION_SAMPLES = 64  # train_00's --validation-samples, its held-out perplexity
 
 # ---- volumes: the guide's figures where it gives them; tokens per record are assumptions ----
 GUIDE_DICTIONARY_ENTRIES = 4049 + 89  # 01_medical_dict (terms) + 02_char_dict (symbols)
@@ -77,9 +78,9 @@ EVAL_PROMPT_TOKENS = 250  # a KorMedMCQA question with five options in the train
 CLOZE_OPTION_TOKENS = 200  # question + one option text
 
 # CPU stages, measured with `make bench-text-volume` (2-core machine, one 500 MB capped corpus):
-# refine_plain_text 43.3 s, test exclusion 196.3 s. Scaled linearly to the volume of text downloaded.
+# refine_plain_text 41.9 s, test exclusion 123.6 s. Scaled linearly to the volume of text downloaded.
 BENCH_MB = 500
-BENCH_SECONDS = {"refine_plain_text": 43.3, "test_exclusion": 196.3}
+BENCH_SECONDS = {"refine_plain_text": 41.9, "test_exclusion": 123.6}
 
 
 REAL_MODELS = sorted(name for name, config in MODEL_CONFIGS.items() if not config.embedded)
@@ -201,7 +202,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
     plain_records = config.pipeline_plain_text_samples or 0
     if plain_records:
         training("train_00", plain_records, epochs[0], TOKENS_PER_RECORD["train_00"] or config.max_length,
-                 memory.train_embeddings)
+                 memory.train_embeddings, PLAIN_TEXT_VALIDATION_SAMPLES * config.max_length)
     budget = config.eval_max_new_tokens or DEFAULT_MAX_NEW_TOKENS[PROMPT_TRAIN02]
     # train_01 reads the steering questions' letters in one forward pass and the plain-text monitor's
     # perplexity; train_02 lets the model write its reasoning first (up to the budget).

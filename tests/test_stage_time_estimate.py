@@ -66,8 +66,11 @@ def test_gpu_check_tokens_per_s_replace_the_assumption():
              "training": {"8bit": {"configs": {"b_toolkit": {"real_tokens_per_s": 4000.0}}}}}
     report = ste.estimate("medgemma-4b", gpu_check=check)
     train_00 = by_stage(report)["train_00"]
-    load = ARCH_4B.total_params() * 2.0 / ste.LOAD_BYTES_PER_S
-    assert train_00["seconds"] == pytest.approx(10_000 * 512 / 4000.0 + load)
+    faster = json.loads(json.dumps(check))
+    faster["training"]["8bit"]["configs"]["b_toolkit"]["real_tokens_per_s"] = 8000.0
+    # the tokens/s term alone: 10,000 records of 512 tokens at 4,000 and at 8,000 tokens/s
+    assert train_00["seconds"] - by_stage(ste.estimate("medgemma-4b", gpu_check=faster))["train_00"]["seconds"] == \
+        pytest.approx(10_000 * 512 * (1 / 4000.0 - 1 / 8000.0))
     assert train_00["basis"].startswith("gpu-check: 4,000 tokens/s") and report["training_from"] == "gpu-check"
     # a dry run's CPU figures, or a precision it did not measure, leave the assumption in place
     assert ste.estimate("medgemma-4b", gpu_check=dict(check, dry_run=True))["training_from"] == "assumed MFU"
