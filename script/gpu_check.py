@@ -15,7 +15,8 @@ download) and measures, with the registry's medgemma-4b settings and the guide's
   sample test items repeated to 604 otherwise: the time depends on lengths, not on answers);
 - milliseconds per greedy decoding step after the train02 prompt at batch 32 (the pipeline's) and
   128: the pipeline's evaluations write up to 512 reasoning tokens per question, so this and the
-  tokens/s above are what ``make stage-times GPU_CHECK=logs/gpu_check.json`` turns into stage times.
+  tokens/s above are what ``make stage-times GPU_CHECK=logs/gpu_check.json`` turns into stage times;
+- those stage times for medgemma-4b with the base in bf16 and in 8-bit (``stage_times``).
 
 ``--dry-run`` runs every step with the embedded tiny model on the CPU (a few optimizer steps), so
 the script is tested where no GPU is. Prints ONE JSON object and writes it to
@@ -33,6 +34,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from script import stage_time_estimate
 from script.bench import bench_train
 from script.check_gpu_memory import estimate_training_memory
 from script.cli import setup_logging
@@ -195,6 +197,15 @@ def gpu_check(args: argparse.Namespace) -> dict:
     phase = time.perf_counter()
     report["decode_train02"] = decode_step_ms(model_dir, device)
     report["seconds"]["decode"] = round(time.perf_counter() - phase, 1)
+    # What these figures mean for a whole pipeline run (a dry run's CPU figures are not used: the
+    # estimate then rests on its assumptions alone, and says so).
+    card = "h200" if "H200" in report["device_name"].upper() else "h100"
+    report["stage_times"] = {
+        precision: {"training_from": est["training_from"], "decoding_from": est["decoding_from"],
+                    "total_seconds": est["total_seconds"],
+                    "stages": {row["stage"]: row["seconds"] for row in est["stages"]}}
+        for precision, quantization in PRECISIONS.items()
+        for est in [stage_time_estimate.estimate("medgemma-4b", card, quantization, report)]}
     report["seconds"]["total"] = round(time.perf_counter() - started, 1)
     return report
 

@@ -33,3 +33,8 @@ def test_dry_run_fills_every_field(tiny_models, tmp_path, capsys):
     for row in report["decode_train02"].values():
         assert row["ms_per_step"] > 0 and row["steps"] > 1 and row["prompt_seconds"] > 0
     assert {"build", "training", "letter_mode", "decode", "total"} <= set(report["seconds"])
+    # the pipeline's stage times from these figures; a CPU dry run's are not used for them
+    assert set(report["stage_times"]) == {"bf16", "8bit"}
+    for times in report["stage_times"].values():
+        assert times["training_from"] == "assumed MFU" and times["total_seconds"] > 0
+        assert {"train_00", "train_02", "evaluate_final"} <= set(times["stages"])
