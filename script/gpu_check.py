@@ -89,50 +89,42 @@ def letter_items(n: int = LETTER_ITEMS) -> tuple[list[dict], str]:
     return [dict(base[i % len(base)], id=f"{base[i % len(base)]['id']}#{i}") for i in range(n)], f"{sample} (repeated)"
 
 
-def letter_mode_seconds(model_dir: str, device: str) -> dict:
+def synced_seconds(device: str, work):
+    """``work()``'s result and its wall time, with the GPU's queue drained before and after."""
     import torch
 
-
-    items, source = letter_items()
-    loaded = load_model_for_eval(model_dir, device=device)
-    score_mcq_letter_mode(loaded.model, loaded.tokenizer, items[:16])  # warm-up: kernels, allocator
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     started = time.perf_counter()
-    predictions = score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, batch_size=16)
+    result = work()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - started
+    return result, time.perf_counter() - started
+
+
+def letter_mode_seconds(loaded, device: str) -> dict:
+    items, source = letter_items()
+    score_mcq_letter_mode(loaded.model, loaded.tokenizer, items[:16])  # warm-up: kernels, allocator
+    predictions, seconds = synced_seconds(
+        device, lambda: score_mcq_letter_mode(loaded.model, loaded.tokenizer, items, batch_size=16))
     return {"items": len(predictions), "items_from": source, "seconds": round(seconds, 2),
             "items_per_second": round(len(predictions) / seconds, 1)}
 
 
-def decode_step_ms(model_dir: str, device: str, batches: Sequence[int] = DECODE_BATCHES,
+def decode_step_ms(loaded, device: str, batches: Sequence[int] = DECODE_BATCHES,
                    new_tokens: int = DECODE_TOKENS) -> dict:
     """Greedy decoding after the train02 prompt, per batch size: the time of ``new_tokens`` steps less
     the time of one (the prompt's forward pass), per step."""
-    import torch
-
-    def timed(prompts: list, budget: int, batch: int) -> tuple[list[dict], float]:
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        started = time.perf_counter()
-        outputs = generate_texts(loaded.model, loaded.tokenizer, prompts, budget, batch)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        return outputs, time.perf_counter() - started
-
+    model, tokenizer = loaded.model, loaded.tokenizer
     items, _ = letter_items()
-    loaded = load_model_for_eval(model_dir, device=device)
-    tokenizer = loaded.tokenizer
     ids = [encode_prompt(tokenizer, render_mcq_prompt(tokenizer, item, PROMPT_TRAIN02), PROMPT_TRAIN02)
            for item in items]
-    timed(ids[:2], 2, 2)  # warm-up: kernels, allocator
+    generate_texts(model, tokenizer, ids[:2], 2, 2)  # warm-up: kernels, allocator
     results = {}
     for batch in batches:
         prompts = ids[:batch]
-        _, prompt_only = timed(prompts, 1, batch)
-        outputs, whole = timed(prompts, new_tokens, batch)
+        _, prompt_only = synced_seconds(device, lambda: generate_texts(model, tokenizer, prompts, 1, batch))
+        outputs, whole = synced_seconds(device, lambda: generate_texts(model, tokenizer, prompts, new_tokens, batch))
         steps = max(out["new_tokens"] for out in outputs)  # the batch runs until its longest row stops
         results[str(batch)] = {"ms_per_step": round(1000 * max(whole - prompt_only, 0.0) / max(steps - 1, 1), 2),
                                "steps": steps, "prompt_seconds": round(prompt_only, 3)}
@@ -192,10 +184,11 @@ def gpu_check(args: argparse.Namespace) -> dict:
                                        args.output.parent / "gpu_check")
     report["seconds"]["training"] = round(time.perf_counter() - phase, 1)
     phase = time.perf_counter()
-    report["letter_mode_604"] = letter_mode_seconds(model_dir, device)
+    loaded = load_model_for_eval(model_dir, device=device)  # one load for both scoring measurements
+    report["letter_mode_604"] = letter_mode_seconds(loaded, device)
     report["seconds"]["letter_mode"] = round(time.perf_counter() - phase, 1)
     phase = time.perf_counter()
-    report["decode_train02"] = decode_step_ms(model_dir, device)
+    report["decode_train02"] = decode_step_ms(loaded, device)
     report["seconds"]["decode"] = round(time.perf_counter() - phase, 1)
     # What these figures mean for a whole pipeline run (a dry run's CPU figures are not used: the
     # estimate then rests on its assumptions alone, and says so).

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from script.check_gpu_memory import Architecture, resolve_architecture
+from script.check_gpu_memory import WEIGHT_BYTES, Architecture, resolve_architecture
 from script.data_io import read_json
 from script.mcq_prompts import DEFAULT_MAX_NEW_TOKENS, PROMPT_TRAIN02
 from script.pipeline_stages import CLOZE_EVAL_ARGS, EVAL_BATCH_SIZE, LETTER_EVAL_ARGS
@@ -110,9 +110,8 @@ def training_flops_per_token(arch: Architecture, length: int, checkpointing: boo
 
 def language_model_bytes(arch: Architecture, quantization: str) -> float:
     """What one decoding step reads: the projections at the base's width, embeddings and norms in bf16."""
-    per_weight = {"none": 2.0, "8bit": 1.0, "4bit": 0.52}[quantization]
     rest = arch.total_params() - arch.projection_params() - arch.vision_params()
-    return arch.projection_params() * per_weight + rest * 2.0
+    return arch.projection_params() * WEIGHT_BYTES[quantization] + rest * WEIGHT_BYTES["none"]
 
 
 def decode_step_seconds(arch: Architecture, quantization: str, gpu: dict) -> tuple[float, str]:
