@@ -44,9 +44,9 @@ from script.eval_items import read_items_file
 from script.evaluation import generate_texts, score_mcq_letter_mode
 from script.mcq_prompts import PROMPT_TRAIN02, encode_prompt, render_mcq_prompt
 from script.model_loading import load_model_for_eval
-from script.pipeline_stages import EVAL_BATCH_SIZE
 from script.training_config import (
     CLEAN_DIR,
+    EVAL_BATCH_SIZE,
     KORMEDMCQA_TEST_DIR,
     LOG_DIR,
     MODEL_DIR,

@@ -26,7 +26,9 @@ from script.data_io import DataError
 from script.download_all_datasets import REVISIONS_FILE, check_local_files, load_revisions
 from script.sources import SOURCES
 from script.stage_records import code_digest, record_path, stage_is_current, write_stage_record
+from script.stage_runner import StageProcesses, run_stages
 from script.training_config import (
+    EVAL_BATCH_SIZE,
     HOME,
     PROJECT_ROOT,
     STAGE_00,
@@ -34,6 +36,7 @@ from script.training_config import (
     STAGE_01_ADAPTER,
     STAGE_02,
     ConfigError,
+    ModelConfig,
     UnknownModelError,
     get_model_config,
 )
@@ -49,10 +52,14 @@ TRAINED_STAGES = (
 )
 # KorMedMCQA on the guide's 604 set, in the format train_02 teaches: the model writes its
 # <reasoning>...</reasoning> and the option letter is read right after it (letter mode, train02
-# prompt), so the untrained base and the final adapter are measured the same way.
-EVAL_BATCH_SIZE = 32
-LETTER_EVAL_ARGS = f"--split guide604 --mode letter --prompt train02 --batch-size {EVAL_BATCH_SIZE}"
+# prompt), so the untrained base and the final adapter are measured the same way. The letter
+# batch is the registry entry's (letter_eval_batch_size).
+LETTER_EVAL_ARGS = "--split guide604 --mode letter --prompt train02"
 CLOZE_EVAL_ARGS = f"--split guide604 --mode cloze --batch-size {EVAL_BATCH_SIZE}"
+
+
+def letter_eval_args(config: ModelConfig) -> str:
+    return f"{LETTER_EVAL_ARGS} --batch-size {config.letter_eval_batch_size}"
 
 
 @dataclass(frozen=True)
@@ -259,7 +266,7 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
         add(f"evaluate_{role}", script,
             f"{py} -m script.validation_kor_med_test --model {target} {args} --output {report}", report, newer_than)
 
-    evaluate("base", model, LETTER_EVAL_ARGS + budget)
+    evaluate("base", model, letter_eval_args(config) + budget)
     if cloze:
         evaluate("base_cloze", model, CLOZE_EVAL_ARGS)
     first_base = ""
@@ -284,7 +291,7 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
     add("train_02", "script/train/train_02_kor_med_test.py",
         f"{train} script.train.train_02_kor_med_test {common}{budget} --epochs {epochs[2]} "
         f"--base-model {trained[STAGE_01_ADAPTER]}", final_info)
-    evaluate("final", str(final), LETTER_EVAL_ARGS + budget, final_info)
+    evaluate("final", str(final), letter_eval_args(config) + budget, final_info)
     if cloze:
         evaluate("final_cloze", str(final), CLOZE_EVAL_ARGS, final_info)
     for suffix in ("", "_cloze") if cloze else ("",):
@@ -322,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="after STAGE succeeded: record its command, code and inputs, so that a restart with "
                            "nothing changed skips it (a no-op for stages marked by their output)")
     what.add_argument("--final-adapter", action="store_true", help="print the pipeline's final adapter dir")
+    what.add_argument("--run", action="store_true",
+                      help="check the options, then run the stages in order, skipping finished ones "
+                           "(script/stage_runner.py); exit 1 at the first that fails")
+    parser.add_argument("--force", action="store_true", help="with --run: rerun finished stages too")
     return parser
 
 
@@ -343,6 +354,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return 0 if stage.done() else 1
     check_options(options)
+    if args.run:
+        os.environ.update(environment(options))  # before the runner imports the libraries the stages use
+        return run_stages(pipeline_stages(options), options.model, HOME / "logs" / f"progress_{options.model}.txt",
+                          force=args.force, processes=StageProcesses())
     for key, value in environment(options).items():
         print(f"env\t{key}={value}")
     for stage in pipeline_stages(options):

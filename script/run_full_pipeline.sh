@@ -173,9 +173,6 @@ while IFS=$'\t' read -r kind first done_now command; do
     stage) STAGES+=("$first|$command"); PLANNED_DONE+=("$done_now") ;;
   esac
 done <<< "$PLAN"
-# finished = its output exists (and is newer than what it measured), or, for the data stages and
-# summaries, its command, code and input content are what its last successful run recorded
-stage_done() { plan --done "$1"; }
 
 total=${#STAGES[@]}
 if [ "$DRY_RUN" = 1 ]; then
@@ -202,26 +199,9 @@ if [ "$ACTION" = run ]; then  # foreground: print and keep a copy in the log
 fi
 
 echo "=== pipeline for $MODEL: $total stages, started $(date -Is) (pid $$)"
-cd "$ROOT"
-i=0
-for entry in "${STAGES[@]}"; do
-  i=$((i + 1))
-  name="${entry%%|*}"; cmd="${entry#*|}"
-  export PIPELINE_STAGE="$i/$total $name"
-  if [ "$FORCE" = 0 ] && stage_done "$name"; then
-    echo "=== [$i/$total] $name: already finished, skipped (--force reruns it)"
-    continue
-  fi
-  printf 'pipeline: %s\nstage: %s\nstarted: %s\n' "$MODEL" "$PIPELINE_STAGE" "$(date -Is)" > "$PROGRESS_FILE"
-  echo "=== [$i/$total] $name: $cmd"
-  start=$(date +%s)
-  if ! bash -c "$cmd"; then
-    echo "=== [$i/$total] $name FAILED after $(( $(date +%s) - start ))s; fix the error above and rerun (finished stages are skipped)" >&2
-    printf 'pipeline: %s\nstage: %s\nstatus: failed\n' "$MODEL" "$PIPELINE_STAGE" > "$PROGRESS_FILE"
-    exit 1
-  fi
-  plan --record "$name" || echo "=== [$i/$total] $name: could not record its inputs; a restart reruns it" >&2
-  echo "=== [$i/$total] $name done in $(( $(date +%s) - start ))s"
-done
-printf 'pipeline: %s\nstage: %s/%s done\nstatus: finished %s\n' "$MODEL" "$total" "$total" "$(date -Is)" > "$PROGRESS_FILE"
+# In order, a finished stage skipped, each in its own process; the progress file names the stage
+# running (script/stage_runner.py).
+run_args=(--run)
+[ "$FORCE" = 1 ] && run_args+=(--force)
+plan "${run_args[@]}" || exit 1
 echo "=== pipeline for $MODEL finished $(date -Is)"

@@ -18,8 +18,8 @@ output prints beside every figure:
                than bf16 by users; not measured here)
   evaluation   the guide's 604 set (599 questions) twice, the model and its question-blind
                control: prompt forward passes at EVAL_MFU and, in letter mode with the train02
-               prompt, up to the reasoning budget of decoding steps per batch of 32, each the
-               larger of reading every weight once (memory bandwidth) and the per-layer launch
+               prompt, up to the reasoning budget of decoding steps per batch (the registry's
+               letter_eval_batch_size), each the larger of reading every weight once (memory bandwidth) and the per-layer launch
                overhead of eager generation (DECODE_OVERHEAD_PER_LAYER_S)
   data stages  CPU work measured with ``make bench-text-volume`` on the 2-core machine, scaled to
                the registry's text volume; the download itself depends on the network and is
@@ -43,7 +43,7 @@ from pathlib import Path
 from script.check_gpu_memory import WEIGHT_BYTES, Architecture, resolve_architecture
 from script.data_io import read_json
 from script.mcq_prompts import DEFAULT_MAX_NEW_TOKENS, PROMPT_TRAIN02
-from script.pipeline_stages import CLOZE_EVAL_ARGS, EVAL_BATCH_SIZE, LETTER_EVAL_ARGS
+from script.pipeline_stages import CLOZE_EVAL_ARGS, letter_eval_args
 from script.sources import SOURCES
 from script.training_config import MODEL_CONFIGS, get_memory_config, get_model_config
 
@@ -137,9 +137,9 @@ def measured_tokens_per_s(gpu_check: dict | None, quantization: str) -> float | 
     return float(run["real_tokens_per_s"]) if run and run.get("real_tokens_per_s") else None
 
 
-def measured_decode_step_s(gpu_check: dict | None) -> float | None:
-    """Seconds per decoding step at the pipeline's evaluation batch, measured in bf16 by gpu-check."""
-    row = (gpu_check or {}).get("decode_train02", {}).get(str(EVAL_BATCH_SIZE))
+def measured_decode_step_s(gpu_check: dict | None, batch: int) -> float | None:
+    """Seconds per decoding step at the pipeline's letter-evaluation batch, measured in bf16 by gpu-check."""
+    row = (gpu_check or {}).get("decode_train02", {}).get(str(batch))
     return row["ms_per_step"] / 1000 if row and row.get("ms_per_step") else None
 
 
@@ -153,7 +153,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
     gpu_check = usable_gpu_check(gpu_check, model)
     measured = measured_tokens_per_s(gpu_check, quant)
     load_s = arch.total_params() * 2.0 / LOAD_BYTES_PER_S  # the bf16 checkpoint, vision tower included
-    decode_measured = measured_decode_step_s(gpu_check)
+    decode_measured = measured_decode_step_s(gpu_check, config.letter_eval_batch_size)
     if decode_measured:
         eval_step = (decode_measured * slow, f"gpu-check: {decode_measured * 1e3:.1f} ms/step measured in bf16"
                      + (f", x{EIGHT_BIT_SLOWDOWN:g} assumed for the 8-bit base" if slow > 1 else ""))
@@ -213,7 +213,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
 
     # Evaluations: the model and its question-blind control, each over the whole set.
     step_s, step_basis = eval_step
-    batches = math.ceil(EVAL_QUESTIONS / EVAL_BATCH_SIZE)
+    batches = math.ceil(EVAL_QUESTIONS / config.letter_eval_batch_size)
     letter_604 = (gpu_check or {}).get("letter_mode_604", {})
     if letter_604.get("seconds") and letter_604.get("items"):
         prefill = 2 * EVAL_QUESTIONS * letter_604["seconds"] / letter_604["items"] * slow
@@ -226,7 +226,7 @@ def estimate(model: str, gpu: str = "h100", quantization: str | None = None, gpu
     for role in ("base", "final"):
         stages.append(StageEstimate(
             f"evaluate_{role}", f"{EVAL_QUESTIONS} questions x 2 (model, question-blind control): prompts and up "
-            f"to {budget} reasoning tokens in {batches} batches ({LETTER_EVAL_ARGS})", letter + load_s,
+            f"to {budget} reasoning tokens in {batches} batches ({letter_eval_args(config)})", letter + load_s,
             f"{step_basis}; {prefill_basis}; + {load_s:.0f} s loading"))
     if config.mcq_scoring == "cloze":
         cloze = 2 * EVAL_QUESTIONS * OPTIONS_PER_ITEM * CLOZE_OPTION_TOKENS * forward_flops_per_token(

@@ -188,6 +188,9 @@ def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_pat
     # epochs and the reasoning budget come from the registry entries, not from the shell
     assert "--epochs 2 " in tiny["train_02"] and "--epochs 5 " in big["train_02"] and "--epochs 3 " in big["train_01"]
     assert "--max-new-tokens 96" in tiny["evaluate_final"] and "--max-new-tokens" not in big["evaluate_final"]
+    # the letter evaluations' batch is the entry's too (tiny decodes faster per row in large batches on CPU)
+    assert "--mode letter --prompt train02 --batch-size 128" in tiny["evaluate_base"]
+    assert "--batch-size 32" in big["evaluate_base"] and "--batch-size 32" in tiny["evaluate_base_cloze"]
     assert "tiny_model" in tiny and "tiny_model" not in big
     # quality gates report and go on; --strict makes them stop the run
     assert big["refine"].endswith("--report-only") and big["korean_proficiency"].endswith("--no-fail")
