@@ -79,6 +79,7 @@ class Stage:
     outputs: tuple[Path, ...] = ()
     record: Path | None = None  # where the record of an ``inputs`` stage is kept
     root: Path = PROJECT_ROOT
+    lane: int | None = None  # its lane in a side-by-side group (script/stage_runner.py); None: alone
 
     def done(self) -> bool:
         if self.inputs is not None:
@@ -189,9 +190,10 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
     data, logs = home / "data", home / "logs"
     raw, refined, clean, sets = data / "raw", data / "refined", data / "refined_clean", data / "kormedmcqa_test"
 
-    def add(name: str, script: str, command: str, output: Path | None = None, newer_than: Path | None = None):
+    def add(name: str, script: str, command: str, output: Path | None = None, newer_than: Path | None = None,
+            lane: int | None = None):
         if (root / script).exists():
-            stages.append(Stage(name, script, command, output, newer_than, root=root))
+            stages.append(Stage(name, script, command, output, newer_than, root=root, lane=lane))
 
     def add_recorded(name: str, script: str, command: str, inputs: tuple[Path, ...], outputs: tuple[Path, ...]):
         """A stage skipped on a restart when its command, code and inputs are unchanged."""
@@ -259,31 +261,35 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
     raw_adapter = stage_dir(model, RAW_ADAPTER_STAGE, home)
     final, final_info = final_adapter(model, home), trained[STAGE_02] / "training_info.json"
 
-    def evaluate(role: str, target: str, args: str, newer_than: Path | None = None) -> None:
+    def evaluate(role: str, target: str, args: str, newer_than: Path | None = None, lane: int | None = None) -> None:
         script = ("script/validation_kor_med_test.py" if role.startswith("base")
                   else "script/train/train_02_kor_med_test.py")  # a final evaluation needs train_02
         report = eval_report(model, role, home)
         add(f"evaluate_{role}", script,
-            f"{py} -m script.validation_kor_med_test --model {target} {args} --output {report}", report, newer_than)
+            f"{py} -m script.validation_kor_med_test --model {target} {args} --output {report}", report, newer_than,
+            lane)
 
-    evaluate("base", model, letter_eval_args(config) + budget)
+    # With the registry's pipeline_side_by_side, the base's evaluations (lane 1) run beside the first
+    # training stages (lane 0): neither needs the other's output, and the summaries come after both.
+    side = config.pipeline_side_by_side
+    evaluate("base", model, letter_eval_args(config) + budget, lane=1 if side else None)
     if cloze:
-        evaluate("base_cloze", model, CLOZE_EVAL_ARGS)
+        evaluate("base_cloze", model, CLOZE_EVAL_ARGS, lane=1 if side else None)
     first_base = ""
     if not options.skip_00:
         add("add_lora_adapter_00", "script/add_lora_adapter.py",
             f"{py} -m script.add_lora_adapter {common} --train-embeddings --rslora",
-            raw_adapter / "adapter_config.json")
+            raw_adapter / "adapter_config.json", lane=0 if side else None)
         # the registry caps train_00's records (the guide's --max-samples 10000) unless --max-samples is given
         plain_text = "" if options.max_samples or config.pipeline_plain_text_samples is None else \
             f" --max-samples {config.pipeline_plain_text_samples}"
         add("train_00", "script/train/train_00_plain_text.py",
             f"{train} script.train.train_00_plain_text {common}{plain_text} --epochs {epochs[0]} "
-            f"--base-model {raw_adapter}", trained[STAGE_00] / "training_info.json")
+            f"--base-model {raw_adapter}", trained[STAGE_00] / "training_info.json", lane=0 if side else None)
         first_base = f" --base-model {trained[STAGE_00] / 'final'}"
     add("train_01", "script/train/train_01_with_00_monitor.py",
         f"{train} script.train.train_01_with_00_monitor {common} --epochs {epochs[1]}{first_base}",
-        trained[STAGE_01] / "training_info.json")
+        trained[STAGE_01] / "training_info.json", lane=0 if side else None)
     add("add_lora_adapter_01", "script/add_lora_adapter.py",
         f"{py} -m script.add_lora_adapter {common}{' --train-embeddings' if cloze else ''} "
         f"--on {trained[STAGE_01] / 'final'}",

@@ -73,6 +73,10 @@ class ModelConfig:
     pipeline_epochs: tuple[int, int, int] = (1, 3, 5)  # train_00 / 01 / 02 defaults: the guide's MedGemma run
     eval_max_new_tokens: int | None = None  # reasoning budget of the pipeline's KorMedMCQA evaluations (None: default)
     letter_eval_batch_size: int = EVAL_BATCH_SIZE  # prompts per generate call in those letter-mode evaluations
+    # The untrained base's evaluations run beside add_lora_adapter_00, train_00 and train_01 (they need
+    # nothing from each other), the cores shared out (script/stage_runner.py). For a CPU-sized model
+    # only: on a GPU two stages would contend for one card's memory.
+    pipeline_side_by_side: bool = False
     # Plain-text records train_00 reads in the pipeline (None: all): the guide's `--max-samples 10000`
     # for MedGemma, so a first real run is hours, not days; the embedded model reads its whole sample.
     pipeline_plain_text_samples: int | None = 10000
@@ -132,6 +136,9 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         # On CPU the tiny model's decoding costs per step more than per row: 128 prompts per generate call
         # score the 604 set and its control in 26 s against 37 s at 32, with the same predictions.
         letter_eval_batch_size=128,
+        # On 2 cores, one thread each: the base evaluations beside train_00/01 took 60 s against 72 and 91 s
+        # one after the other (two runs).
+        pipeline_side_by_side=True,
         pipeline_plain_text_samples=None,
         mcq_scoring="cloze",
     ),

@@ -322,6 +322,25 @@ def test_volume_settings_reach_the_download_and_train_00(tmp_path):
     assert "--max-mb" not in commands("tiny")["download"]
 
 
+def test_side_by_side_lanes_come_from_the_registry(tmp_path):
+    """tiny's base evaluations (lane 1) run beside add_lora_adapter_00, train_00 and train_01 (lane 0);
+    everything that needs both, and every stage of a GPU-sized model, runs alone."""
+    from script.pipeline_stages import PipelineOptions, pipeline_stages
+
+    def lanes(model: str) -> dict:
+        return {s.name: s.lane for s in pipeline_stages(PipelineOptions(model, python="py", allow_sample_dicts=True),
+                                                         home=tmp_path)}
+
+    tiny = lanes("tiny")
+    assert tiny["evaluate_base"] == tiny["evaluate_base_cloze"] == 1
+    assert tiny["add_lora_adapter_00"] == tiny["train_00"] == tiny["train_01"] == 0
+    assert {name for name, lane in tiny.items() if lane is not None} == {
+        "evaluate_base", "evaluate_base_cloze", "add_lora_adapter_00", "train_00", "train_01"}
+    names = list(tiny)  # one run of consecutive stages, so the runner sees one group
+    assert names.index("train_01") - names.index("evaluate_base") == 4
+    assert set(lanes("medgemma-4b").values()) == {None}
+
+
 def test_every_trainer_is_reached_by_a_make_target():
     """script/train/__init__ names a target per trainer, and `make train TRAINER=` runs any of them."""
     import script.train
