@@ -22,7 +22,8 @@
 # same model is refused while one runs; a PID file left by a dead run is cleaned up. Stages that
 # finished are skipped on a restart: a data stage when its inputs, code and command are unchanged
 # (data/.stages/<stage>.json), a trained one when its output is there (training stages resume from
-# their last checkpoint); --force reruns them all.
+# their last checkpoint); --force reruns them all. script/stage_runner.py runs the stages, each
+# its own process; a registry entry may run some side by side (logs/stages/<stage>.log).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

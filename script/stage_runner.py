@@ -257,14 +257,7 @@ def _run_side_by_side(lanes, total: int, model: str, progress_file: Path, force:
             status = 1
             try:
                 if log is not None:
-                    log.parent.mkdir(parents=True, exist_ok=True)
-                    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-                    os.dup2(descriptor, 1)
-                    os.dup2(descriptor, 2)
-                    os.close(descriptor)
-                    # the lane's own lines too, whatever sys.stdout was bound to
-                    sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
-                    sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+                    _send_output_to(log)
                 status = _run_lane(lane, total, model, progress_file if log is None else None, force, shared)
             finally:
                 sys.stdout.flush()
@@ -286,6 +279,18 @@ def _run_side_by_side(lanes, total: int, model: str, progress_file: Path, force:
         _progress(progress_file, [f"pipeline: {model}", f"lanes: {' | '.join(names)}", "status: failed"])
         return 1
     return 0
+
+
+def _send_output_to(log: Path) -> None:
+    """In a lane process: its stdout and stderr, and its stages', go to ``log`` as they are written."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    # the lane's own lines too, whatever sys.stdout was bound to
+    sys.stdout = open(1, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", encoding="utf-8", buffering=1, closefd=False)  # noqa: SIM115
 
 
 def _run_lane(lane, total: int, model: str, progress_file: Path | None, force: bool,

@@ -29,6 +29,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("script/bench/bench_data.py", "scale_file"): "benchmark input, written inside the benchmark's own temp work folder",
     ("script/smoke_real_shape.py", "reset_peak"): "a control write to the kernel (/proc/self/clear_refs), no file",
     ("script/bench/bench_data.py", "run_module"): "stdout/stderr logs of a timed subprocess, streamed as it runs",
+    ("script/stage_runner.py", "_send_output_to"):
+        "the live log of a side-by-side lane (tail -f), streamed as it runs like the pipeline log itself",
     ("script/exclude_test_from_training.py", "run_bench"): "--bench data inside a TemporaryDirectory",
     ("refine_scripts/refine_plain_text.py", "ShardWriter._open_next"):
         "shards are opened only inside the temp folder of refine_all's atomic_write_dir",
