@@ -35,6 +35,8 @@ from script.training_config import (
     STAGE_01,
     STAGE_01_ADAPTER,
     STAGE_02,
+    TINY_MM_MODEL_DIR,
+    TINY_MODEL_DIR,
     ConfigError,
     ModelConfig,
     UnknownModelError,
@@ -203,7 +205,10 @@ def pipeline_stages(options: PipelineOptions, home: Path = HOME, root: Path = PR
 
     # ---- data ----
     if not options.data_only and config.embedded:
-        add("tiny_model", "script/embedded/make_tiny_model.py", f"{py} -m script.embedded.make_tiny_model")
+        # the builder skips models that exist; the record spares a restart even the process that checks
+        tiny_dirs = (home / "model" / Path(TINY_MODEL_DIR).name, home / "model" / Path(TINY_MM_MODEL_DIR).name)
+        add_recorded("tiny_model", "script/embedded/make_tiny_model.py", f"{py} -m script.embedded.make_tiny_model",
+                     (root / "data" / "sample",), tuple(d / "config.json" for d in tiny_dirs))
     download = (f" --local-dir {shlex.quote(str(options.dict_dir.resolve()))}" if options.dict_dir else "") + \
         (" --strict" if options.strict else "") + \
         (f" --max-mb {options.text_mb:g}" if options.text_mb is not None else "")  # --strict: any failed source stops

@@ -112,9 +112,15 @@ class StageProcesses:
 
     def __init__(self, fork: bool | None = None, python: str = sys.executable, threads: int | None = None):
         self.python = python
-        self.fork = (sys.platform == "linux" and torch_without_gpu_runtime()) if fork is None else fork
+        self._fork = fork  # None: decided when a stage first runs (importing torch takes seconds)
         self.preloaded = False
         self.threads = threads  # compute threads per stage (None: the libraries' default, every core)
+
+    @property
+    def fork(self) -> bool:
+        if self._fork is None:
+            self._fork = sys.platform == "linux" and torch_without_gpu_runtime()
+        return self._fork
 
     def describe(self) -> str:
         if self.fork:
@@ -206,7 +212,7 @@ def run_stages(stages: Sequence[PipelineStage], model: str, progress_file: Path,
     """Every stage in order; 0 when all finished, 1 when one failed (no stage starts after it)."""
     processes = processes or StageProcesses()
     numbered = list(enumerate(stages, 1))
-    print(f"=== {processes.describe()}", flush=True)
+    described = False
     position = 0
     while position < len(numbered):
         group = [numbered[position]]
@@ -215,6 +221,9 @@ def run_stages(stages: Sequence[PipelineStage], model: str, progress_file: Path,
                 group.append(numbered[position + len(group)])
         position += len(group)
         lanes = _lanes(group, force)
+        if lanes and not described:  # once, before the first stage that runs
+            print(f"=== {processes.describe()}", flush=True)
+            described = True
         if len(lanes) > 1:
             status = _run_side_by_side(lanes, len(stages), model, progress_file, force, processes)
         else:

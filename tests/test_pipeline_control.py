@@ -341,6 +341,22 @@ def test_side_by_side_lanes_come_from_the_registry(tmp_path):
     assert set(lanes("medgemma-4b").values()) == {None}
 
 
+def test_the_tiny_model_stage_is_skipped_on_a_restart_by_its_record(tmp_path):
+    """The builder checks itself, but a restart with nothing changed starts no process for it."""
+    from script.pipeline_stages import PipelineOptions, pipeline_stages
+
+    stage = next(s for s in pipeline_stages(PipelineOptions("tiny", python="py"), home=tmp_path) if s.name == "tiny_model")
+    assert [p.parent.name for p in stage.outputs] == ["tiny-gemma3", "tiny-gemma3-mm"]
+    assert not stage.done()  # never recorded
+    for output in stage.outputs:
+        output.parent.mkdir(parents=True)
+        output.write_text("{}")
+    stage.write_record()
+    assert stage.done()
+    stage.outputs[1].unlink()  # a model deleted: the stage runs (and the builder rebuilds it)
+    assert not stage.done()
+
+
 def test_every_trainer_is_reached_by_a_make_target():
     """script/train/__init__ names a target per trainer, and `make train TRAINER=` runs any of them."""
     import script.train
