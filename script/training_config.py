@@ -134,7 +134,8 @@ MODEL_CONFIGS: dict[str, ModelConfig] = {
         pipeline_epochs=(2, 2, 2),
         eval_max_new_tokens=96,  # tiny's simple reasoning over five options fits in ~80 tokens
         # On CPU the tiny model's decoding costs per step more than per row: 128 prompts per generate call
-        # score the 604 set and its control in 26 s against 37 s at 32, with the same predictions.
+        # score the 604 set and its control in 27.3 s against 32.3 s at 32 (medians of three alternating
+        # runs), with the same predictions.
         letter_eval_batch_size=128,
         # On 2 cores, one thread each: the base evaluations beside train_00/01 took 60 s against 72 and 91 s
         # one after the other (two runs).
