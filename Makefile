@@ -7,6 +7,7 @@ MODEL ?= tiny
 BACKGROUND ?= 0
 TB_HOST ?= 127.0.0.1
 PYTHON_BOOT ?= python3
+INSTALLER ?= uv
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -17,17 +18,14 @@ PIPELINE := script/run_full_pipeline.sh --model $(MODEL)
 help:  ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 18
 
-# The venv is (re)installed only when the requirements or pyproject.toml change. pip byte-compiles
-# what it installs on one core; compileall does the same on every core (61 s -> 43 s measured here).
-# It is only a speed-up: files written for newer Pythons do not compile (pip skips them the same way).
-# Left out: what no stage or test imports (pip, setuptools, fontTools, transformers' other model
-# families; 24 s -> 20 s). A module left out still imports, compiled in memory.
+# The venv is (re)installed only when the requirements or pyproject.toml change, by
+# script/setup_venv.sh (uv when it can be had, else pip; INSTALLER=pip for pip alone), which then
+# byte-compiles on every core what the stages and tests import (61 s -> 43 s against pip's own
+# compile). Left out of compileall: what no stage or test imports (pip, setuptools, fontTools,
+# transformers' other model families; 24 s -> 20 s). A module left out still imports.
 NOT_IMPORTED := /(pip|setuptools|fontTools)/|/transformers/models/(?!(auto|bloom|encoder_decoder|gemma|gemma2|gemma3|siglip|llama|paligemma)/)
-$(STAMP): requirements.txt requirements-test.txt pyproject.toml
-	$(PYTHON_BOOT) -m venv $(VENV)
-	$(PY) -m pip install --quiet --no-compile -r requirements.txt -r requirements-test.txt
-	$(PY) -m pip install --quiet --no-deps --no-compile -e .
-	$(PY) -m compileall -q -j 0 -x '$(NOT_IMPORTED)' $$($(PY) -c 'import sysconfig; print(sysconfig.get_path("purelib"))') > /dev/null 2>&1 || true
+$(STAMP): requirements.txt requirements-test.txt pyproject.toml script/setup_venv.sh
+	INSTALLER=$(INSTALLER) bash script/setup_venv.sh $(PYTHON_BOOT) $(VENV) '$(NOT_IMPORTED)'
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
