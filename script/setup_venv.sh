@@ -16,19 +16,25 @@ PYTHON_BOOT="$1"
 VENV="$2"
 EXCLUDE="$3"
 INSTALLER="${INSTALLER:-uv}"
+case "$INSTALLER" in
+    uv | pip) ;;
+    *) echo "setup: INSTALLER=$INSTALLER: expected uv or pip" >&2; exit 2 ;;
+esac
 UV_VERSION=0.13.10
 PY="$VENV/bin/python"
 REQUIREMENTS=(-r requirements.txt -r requirements-test.txt)
 
 "$PYTHON_BOOT" -m venv "$VENV"
 
-# One of pip's settings (environment first, then its config files), or nothing.
+# One of pip's settings from PIP_CONFIG (environment first, then its config files), or nothing.
 pip_setting() {
-    "$PY" -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.$1='\(.*\)'\$/\1/p" | head -n 1
+    sed -n "s/^[^=]*\.$1='\(.*\)'\$/\1/p" <<< "$PIP_CONFIG" | head -n 1
 }
 
 install_with_uv() {
     "$PY" -m pip install --quiet "uv==$UV_VERSION" || return 1
+    local PIP_CONFIG
+    PIP_CONFIG="$("$PY" -m pip config list 2>/dev/null || true)"
     local args=(--python "$PY" --quiet --index-strategy unsafe-best-match) value
     value="$(pip_setting index-url)"
     [ -z "$value" ] || args+=(--index-url "$value")
