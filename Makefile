@@ -33,19 +33,21 @@ setup: $(STAMP)  ## create .venv and install pinned requirements (idempotent)
 tiny-model: setup  ## build the embedded tiny Gemma-3 models under model/
 	$(PY) -m script.embedded.make_tiny_model
 
+# The flags a Makefile variable asks for; $(strip) so that make echoes one clean command line.
+DATA_FLAGS = $(strip $(if $(TEXT_MB),--text-mb $(TEXT_MB)) $(if $(DICT_DIR),--dict-dir $(DICT_DIR)) \
+	$(if $(filter 1,$(ALLOW_SAMPLE_DICTS)),--allow-sample-dicts) $(if $(filter 1,$(STRICT)),--strict) \
+	$(if $(filter 1,$(FORCE)),--force))
+PIPELINE_FLAGS = $(strip $(if $(filter 1,$(BACKGROUND)),--background) $(if $(filter 1,$(SKIP_00)),--skip-00) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCHS_00),--epochs-00 $(EPOCHS_00)) \
+	$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02)) \
+	$(if $(LAUNCH),--launch $(LAUNCH)) $(if $(NPROC),--nproc $(NPROC)) \
+	$(if $(MAX_SAMPLES),--max-samples $(MAX_SAMPLES)) $(DATA_FLAGS))
+
 data: setup  ## download (sample mirror when offline), refine, verify, exclude evaluation items; TEXT_MB=MB DICT_DIR=dir STRICT=1 FORCE=1
-	PYTHON=$(PY) bash $(PIPELINE) --data-only $(if $(TEXT_MB),--text-mb $(TEXT_MB)) $(if $(DICT_DIR),--dict-dir $(DICT_DIR)) \
-		$(if $(filter 1,$(ALLOW_SAMPLE_DICTS)),--allow-sample-dicts) $(if $(filter 1,$(STRICT)),--strict) \
-		$(if $(filter 1,$(FORCE)),--force)
+	PYTHON=$(PY) bash $(PIPELINE) --data-only $(DATA_FLAGS)
 
 pipeline: setup  ## run the pipeline for MODEL (default tiny); DICT_DIR=dir STRICT=1 BACKGROUND=1 SKIP_00=1 EPOCHS[_00|_01|_02]=N LAUNCH=ddp NPROC=N MAX_SAMPLES=N TEXT_MB=MB FORCE=1
-	PYTHON=$(PY) bash $(PIPELINE) $(if $(filter 1,$(BACKGROUND)),--background) $(if $(filter 1,$(SKIP_00)),--skip-00) \
-		$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(EPOCHS_00),--epochs-00 $(EPOCHS_00)) \
-		$(if $(EPOCHS_01),--epochs-01 $(EPOCHS_01)) $(if $(EPOCHS_02),--epochs-02 $(EPOCHS_02)) \
-		$(if $(LAUNCH),--launch $(LAUNCH)) $(if $(NPROC),--nproc $(NPROC)) \
-		$(if $(DICT_DIR),--dict-dir $(DICT_DIR)) $(if $(filter 1,$(ALLOW_SAMPLE_DICTS)),--allow-sample-dicts) \
-		$(if $(filter 1,$(STRICT)),--strict) $(if $(MAX_SAMPLES),--max-samples $(MAX_SAMPLES)) \
-		$(if $(TEXT_MB),--text-mb $(TEXT_MB)) $(if $(filter 1,$(FORCE)),--force)
+	PYTHON=$(PY) bash $(PIPELINE) $(PIPELINE_FLAGS)
 
 # `python -m`, or accelerate's launcher with configs/accelerate/$(LAUNCH).yaml (and NPROC processes).
 TRAIN_MODULE = $(if $(LAUNCH),$(PY) -m accelerate.commands.launch --config_file configs/accelerate/$(LAUNCH).yaml $(if $(NPROC),--num_processes $(NPROC)) -m,$(PY) -m)
