@@ -323,6 +323,17 @@ class Scoreboard:
         first = self.history[0] if self.history else {}
         return noise_floor(int(first.get("total") or len(self.initial_correct)), first.get("accuracy"))
 
+    def outcome(self) -> dict:
+        """The accuracies of a run's report: where it started, its best and last, and the target."""
+        return {"initial_accuracy": self.initial, "final_best_accuracy": self.best["accuracy"] if self.best else None,
+                "last_accuracy": self.last, "target_accuracy": self.target, "target_reached": self.reached}
+
+    def ranking(self, type_results: dict[str, dict]) -> dict:
+        """The types ranked by their counted gains, what the ranking is worth, the failures and the history."""
+        ranking, floor = rank_types(type_results), self.noise_floor()
+        return {"recommendations": ranking, "noise_floor": floor, "ranking_note": ranking_note(ranking, floor),
+                "persistent_failures": self.failures.top(), "history": self.history}
+
     def to_dict(self) -> dict:
         return {"history": self.history, "best": self.best, "failures": self.failures.to_dict(),
                 "initial_correct": self.initial_correct, "last_correct": self.last_correct}

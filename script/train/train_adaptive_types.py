@@ -42,8 +42,6 @@ from script.cli import run_main
 from script.round_training import (
     Scoreboard,
     add_round_options,
-    rank_types,
-    ranking_note,
     run_type_policy,
 )
 from script.training_utils import build_arg_parser
@@ -139,21 +137,13 @@ class AdaptivePolicy:
 
     def report(self) -> dict:
         return {
-            "initial_accuracy": self.board.initial,
-            "final_best_accuracy": self.board.best["accuracy"] if self.board.best else None,
-            "last_accuracy": self.board.last,
-            "target_accuracy": self.board.target,
-            "target_reached": self.board.reached,
+            **self.board.outcome(),
             "stop_reason": self.stop_reason,
             "type_results": {t: {**r, "ema_gain": round(self.ema[t], 4)} for t, r in self.type_results.items()},
             "final_probabilities": {t: round(p, 4) for t, p in
                                     type_probabilities(self.ema, self.temperature, self.exploration).items()},
-            "recommendations": rank_types(self.type_results),
-            "noise_floor": self.board.noise_floor(),
-            "ranking_note": ranking_note(rank_types(self.type_results), self.board.noise_floor()),
-            "persistent_failures": self.board.failures.top(),
             "choices": self.choices,
-            "history": self.board.history,
+            **self.board.ranking(self.type_results),
         }
 
 

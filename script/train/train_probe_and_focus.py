@@ -47,8 +47,6 @@ from script.round_training import (
     Scoreboard,
     add_round_options,
     counted,
-    rank_types,
-    ranking_note,
     run_type_policy,
 )
 from script.training_utils import build_arg_parser
@@ -164,18 +162,10 @@ class ProbeFocusPolicy:
     def report(self) -> dict:
         """The guide's final_report.json fields (test-set scores and run details are added by main)."""
         return {
-            "initial_accuracy": self.board.initial,
-            "final_best_accuracy": self.board.best["accuracy"] if self.board.best else None,
-            "last_accuracy": self.board.last,
-            "target_accuracy": self.board.target,
-            "target_reached": self.board.reached,
+            **self.board.outcome(),
             "stop_reason": self.stop_reason,
             "type_results": self.type_results,
-            "recommendations": rank_types(self.type_results),
-            "noise_floor": self.board.noise_floor(),
-            "ranking_note": ranking_note(rank_types(self.type_results), self.board.noise_floor()),
-            "persistent_failures": self.board.failures.top(),
-            "history": self.board.history,
+            **self.board.ranking(self.type_results),
         }
 
 
