@@ -100,6 +100,39 @@ def ensure_model_available(path: str, allow_pickle_weights: bool = False, build_
 
 
 
+def hub_model_access_problem(repo_id: str) -> str | None:
+    """Why the weights of hub model ``repo_id`` cannot be had, or None when they can (or nobody can tell yet).
+
+    Asked before a pipeline's first stage, so that a gated model whose terms were not accepted, a
+    missing login or an offline machine without the weights stops the run before the data stages,
+    not at the first stage that loads the model. In the hub cache: fine. Offline and not cached: a
+    problem. Otherwise the hub's auth check says; when the hub cannot be reached the download stage
+    will say so, and the check only warns.
+    """
+    from httpx2 import HTTPError  # huggingface_hub 2's HTTP client: a failed connection raises its errors
+    from huggingface_hub import auth_check, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return (f"{repo_id} is not in the hub cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
+                f"download it once online (huggingface-cli download {repo_id}) or unset HF_HUB_OFFLINE")
+    try:
+        auth_check(repo_id)
+    except GatedRepoError:
+        return (f"{repo_id} is gated and this machine's hub token has no access to it: accept its terms at "
+                f"https://huggingface.co/{repo_id}, then log in with that account (huggingface-cli login, "
+                "or set HF_TOKEN)")
+    except RepositoryNotFoundError:
+        return (f"{repo_id}: no such model on the hub, or it is private to another account "
+                "(huggingface-cli whoami says which account this machine uses)")
+    except (HfHubHTTPError, HTTPError, OSError) as exc:  # network down or hub unavailable: not this check's verdict
+        logger.warning("could not ask the hub about %s now (%s: %s); the stages that download it will",
+                       repo_id, type(exc).__name__, exc)
+    return None
+
+
 def _looks_like_hub_id(path: str) -> bool:
     parts = path.split("/")
     return len(parts) == 2 and all(parts) and not path.startswith((".", "~"))

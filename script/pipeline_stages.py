@@ -24,6 +24,7 @@ from pathlib import Path
 
 from script.data_io import DataError
 from script.download_all_datasets import REVISIONS_FILE, check_local_files, load_revisions
+from script.model_loading import hub_model_access_problem
 from script.sources import SOURCES
 from script.stage_records import code_digest, record_path, stage_is_current, write_stage_record
 from script.stage_runner import StageProcesses, run_stages
@@ -168,6 +169,13 @@ def check_options(options: PipelineOptions) -> None:
             "laid out like\n  data/sample/local/ (01_medical_dict/*.jsonl, one {\"term\", \"definition\"} object "
             "per line; README, \"Dictionaries\"),\n  or set ALLOW_SAMPLE_DICTS=1 to use the ~835 synthetic sample "
             "entries (a smoke run, not a model).")
+    # A hub model the stages cannot load (gated and not accepted, no login, offline and not cached)
+    # would otherwise stop the run at its first model stage, after the data stages.
+    if config is not None and not config.embedded and not options.data_only \
+            and not Path(config.path).expanduser().is_dir():
+        access = hub_model_access_problem(config.path)
+        if access:
+            problems.append(f"MODEL={options.model}: {access}")
     if len(problems) == 1:
         raise ConfigError(problems[0])
     if problems:

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from script.training_config import MODEL_CONFIGS
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "script" / "run_full_pipeline.sh"
 
@@ -133,8 +135,24 @@ def test_a_pid_file_naming_a_live_process_that_is_not_a_pipeline_is_stale(tmp_pa
         other.wait()
 
 
-def run_dry(home: Path, model: str, *flags: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MEDGEMMA_KOREAN_HOME": str(home), "PYTHON": sys.executable}
+def hub_cache_holding(cache: Path, *repo_ids: str) -> Path:
+    """A hub cache in huggingface_hub's layout where each repo's config.json has been downloaded."""
+    for repo_id in repo_ids:
+        repo = cache / f"models--{repo_id.replace('/', '--')}"
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text("0" * 40)
+        snapshot = repo / "snapshots" / ("0" * 40)
+        snapshot.mkdir(parents=True, exist_ok=True)
+        (snapshot / "config.json").write_text("{}")
+    return cache
+
+
+def run_dry(home: Path, model: str, *flags: str, cached: bool = True) -> subprocess.CompletedProcess:
+    """The pipeline's --dry-run, offline; ``cached``: the hub cache holds the real models (a user who
+    downloaded them once), else it is empty."""
+    env = {**os.environ, "MEDGEMMA_KOREAN_HOME": str(home), "PYTHON": sys.executable, "HF_HUB_OFFLINE": "1"}
+    real = [c.path for c in MODEL_CONFIGS.values() if not c.embedded] if cached else []
+    env["HF_HUB_CACHE"] = str(hub_cache_holding(home / ("hub_cache" if cached else "empty_hub_cache"), *real))
     env.pop("DICT_DIR", None)
     env.pop("ALLOW_SAMPLE_DICTS", None)
     return subprocess.run(["bash", str(SCRIPT), "--model", model, "--dry-run", *flags], env=env,
@@ -168,6 +186,21 @@ def test_a_real_model_needs_real_dictionaries_before_any_stage(tmp_path):
     several = run_dry(tmp_path, "medgemma-9b", "--launch", "nonesuch", "--dict-dir", str(tmp_path / "nowhere"))
     assert several.returncode == 2 and "3 problems, nothing started" in several.stderr
     assert all(part in several.stderr for part in ("medgemma-9b", "--launch nonesuch", "no such directory"))
+
+
+def test_a_hub_model_the_stages_could_not_load_is_refused_before_any_stage(tmp_path):
+    """Offline with an empty hub cache, MedGemma's weights cannot be had: the run stops before the
+    data stages (with every other problem), not at the first stage that loads the model."""
+    refused = run_dry(tmp_path, "medgemma-4b", "--allow-sample-dicts", cached=False)
+    assert refused.returncode == 2 and not [line for line in refused.stdout.splitlines() if line.startswith("[")]
+    assert "google/medgemma-4b-it is not in the hub cache" in refused.stderr and "HF_HUB_OFFLINE" in refused.stderr
+    assert "huggingface-cli download google/medgemma-4b-it" in refused.stderr
+    both = run_dry(tmp_path, "medgemma-27b-text", "--launch", "nonesuch", "--allow-sample-dicts", cached=False)
+    assert "2 problems, nothing started" in both.stderr and "google/medgemma-27b-text-it" in both.stderr
+    assert run_dry(tmp_path, "medgemma-4b", "--allow-sample-dicts").returncode == 0  # once downloaded: fine
+    assert run_dry(tmp_path, "tiny", cached=False).returncode == 0  # the embedded model is built, not downloaded
+    # the data stages alone (make data) load no model
+    assert run_dry(tmp_path, "medgemma-4b", "--data-only", "--allow-sample-dicts", cached=False).returncode == 0
 
 
 def test_dry_run_adds_the_cloze_evaluations_for_cloze_scored_models_only(tmp_path):
@@ -370,3 +403,36 @@ def test_every_trainer_is_reached_by_a_make_target():
     refused = subprocess.run(["make", "-s", "-C", str(REPO), "train", "TRAINER=nonesuch", "STAMP="],
                              capture_output=True, text=True)
     assert refused.returncode != 0 and "choose one of: train_00_plain_text" in refused.stderr
+
+
+def test_the_hub_check_says_why_a_model_cannot_be_had_and_only_warns_when_the_hub_is_unreachable(
+        monkeypatch, caplog):
+    import httpx2
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    from script.model_loading import hub_model_access_problem
+
+    request = httpx2.Request("GET", "https://huggingface.co/api/models/google/medgemma-4b-it/auth-check")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: None)
+
+    def hub_answers(error: Exception | None) -> str | None:
+        def auth_check(repo_id: str, **kwargs) -> None:
+            if error is not None:
+                raise error
+        monkeypatch.setattr(huggingface_hub, "auth_check", auth_check)
+        return hub_model_access_problem("google/medgemma-4b-it")
+
+    gated = hub_answers(GatedRepoError("gated", response=httpx2.Response(403, request=request)))
+    assert "accept its terms at https://huggingface.co/google/medgemma-4b-it" in gated and "HF_TOKEN" in gated
+    missing = hub_answers(RepositoryNotFoundError("not found", response=httpx2.Response(404, request=request)))
+    assert "no such model on the hub" in missing and "huggingface-cli whoami" in missing
+    assert hub_answers(None) is None  # access granted
+    with caplog.at_level("WARNING", logger="script.model_loading"):
+        assert hub_answers(httpx2.ConnectError("Name or service not known", request=request)) is None
+    assert "could not ask the hub about google/medgemma-4b-it" in caplog.text
+    # a model in the hub cache is not asked about at all
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *args, **kwargs: "/cache/config.json")
+    assert hub_answers(GatedRepoError("gated", response=httpx2.Response(403, request=request))) is None
