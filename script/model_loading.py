@@ -113,6 +113,8 @@ def hub_model_access_problem(repo_id: str) -> str | None:
     from huggingface_hub import auth_check, constants, try_to_load_from_cache
     from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
 
+    if not _looks_like_hub_id(repo_id) or Path(repo_id).expanduser().is_dir():
+        return None  # a local model: ensure_model_available checks it where it is loaded
     if isinstance(try_to_load_from_cache(repo_id, "config.json"), str):
         return None
     if constants.HF_HUB_OFFLINE:

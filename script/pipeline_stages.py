@@ -171,8 +171,7 @@ def check_options(options: PipelineOptions) -> None:
             "entries (a smoke run, not a model).")
     # A hub model the stages cannot load (gated and not accepted, no login, offline and not cached)
     # would otherwise stop the run at its first model stage, after the data stages.
-    if config is not None and not config.embedded and not options.data_only \
-            and not Path(config.path).expanduser().is_dir():
+    if config is not None and not config.embedded and not options.data_only:
         access = hub_model_access_problem(config.path)
         if access:
             problems.append(f"MODEL={options.model}: {access}")
